@@ -1,0 +1,352 @@
+"""The Layer record, shape and parameter checks, and the library's errors.
+
+A layer is three functions in one record (DESIGN.md):
+
+    init(key, input_shape)                      -> (output_shape, params)
+    apply(params, x, *, key=None, train=False)  -> y
+    bprop(params, x, g_out)                     -> (g_params, g_x)
+
+``init`` infers every shape from ``input_shape`` alone, whose batch axis is
+written ``-1`` or ``None``.  ``apply`` is written in ``jax.numpy`` and is
+jit-able.  ``bprop`` is the hand-derived backward pass in NumPy float64 that
+the reference-backprop layer of the library fills; it is ``None`` where no
+reference is written (a user's own layer, say).
+
+Every check here runs at trace time, on static shapes and dtypes, so a
+checked ``apply`` costs nothing once it is jit-compiled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Shape = tuple  # a tuple of ints, with -1 or None for the batch axis
+Params = Any  # a pytree of arrays
+Initializer = Callable[..., jax.Array]  # jax.nn.initializers signature
+InitFn = Callable[[jax.Array, Shape], tuple[Shape, Params]]
+ApplyFn = Callable[..., jax.Array]
+BpropFn = Callable[[Params, np.ndarray, np.ndarray], tuple[Params, np.ndarray]]
+
+
+class Layer(NamedTuple):
+    """One building block: pure functions over a plain parameter pytree.
+
+    Attributes:
+      init: ``init(key, input_shape) -> (output_shape, params)``.
+      apply: ``apply(params, x, *, key=None, train=False) -> y``.
+      bprop: the hand-derived backward pass
+        ``bprop(params, x, g_out) -> (g_params, g_x)`` in NumPy float64, or
+        ``None`` where the layer has none yet.
+      name: how errors and summaries name the layer, e.g. ``"Dense(64)"``.
+      children: the sub-layers of a combinator, in order; empty for a leaf.
+      preferred_init: for a unit (an activation), the weight initializer that
+        suits the weights feeding it: He for the rectifier family, Glorot for
+        sigmoid and tanh.  ``serial`` hands it to the layer before the unit.
+      with_init: for a weight layer built without an explicit weight
+        initializer, ``with_init(initializer)`` rebuilds it with that one;
+        ``None`` when the user chose the initializer.
+    """
+
+    init: InitFn
+    apply: ApplyFn
+    bprop: BpropFn | None = None
+    name: str = "layer"
+    children: tuple[Layer, ...] = ()
+    preferred_init: Initializer | None = None
+    with_init: Callable[[Initializer], Layer] | None = None
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+
+class PurenetError(Exception):
+    """Base of purenet's errors: names the layer and where in the model it sits.
+
+    ``path`` is the position in the params tree (and so in the model), built
+    outward as the error passes up through combinators: ``params[1]['block']``.
+    """
+
+    def __init__(self, layer: str, message: str, leaf: str = ""):
+        super().__init__(message)
+        self.layer = layer
+        self.message = message
+        self.leaf = leaf
+        self.path: list[str] = []
+
+    def __str__(self) -> str:
+        where = "".join(self.path) + self.leaf
+        if not where:
+            return f"{self.layer}: {self.message}"
+        return f"{self.layer} at params{where}: {self.message}"
+
+
+class ShapeError(PurenetError, ValueError):
+    """An input of the wrong rank or width, at init or at apply."""
+
+
+class ParamsError(PurenetError, ValueError):
+    """A params tree that does not fit the model."""
+
+
+class ConfigError(PurenetError, ValueError):
+    """A layer built with an argument out of range (a size below 1, say)."""
+
+
+class InputTypeError(PurenetError, TypeError):
+    """An input of the wrong dtype: integers where floats are needed."""
+
+
+@contextlib.contextmanager
+def located(step: str) -> Iterator[None]:
+    """Prefix ``step`` (``"[2]"``, ``"['block']"``) to the path of any error raised inside."""
+    try:
+        yield
+    except PurenetError as error:
+        error.path.insert(0, step)
+        raise
+
+
+# --------------------------------------------------------------------------
+# Checks on constructor arguments, shapes and params
+# --------------------------------------------------------------------------
+
+
+def require_positive_int(layer: str, argument: str, value: Any) -> int:
+    """Return ``value`` if it is an int >= 1, else raise a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(layer, f"{argument} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def is_shape(shape: Any) -> bool:
+    """Whether ``shape`` is one shape (a tuple of ints/None) rather than a tuple of shapes."""
+    return isinstance(shape, (tuple, list)) and all(
+        d is None or isinstance(d, (int, np.integer)) for d in shape
+    )
+
+
+def normalize_shape(layer: str, shape: Any) -> Shape:
+    """Check one input shape and write its unknown (batch) axes as -1."""
+    if not is_shape(shape) or len(shape) == 0:
+        raise ShapeError(layer, f"expected an input shape such as (-1, features), got {shape!r}")
+    return tuple(-1 if d is None else int(d) for d in shape)
+
+
+def feature_width(layer: str, shape: Any, min_rank: int = 1) -> int:
+    """Check an input shape at init and return its last (feature) axis."""
+    shape = normalize_shape(layer, shape)
+    if len(shape) < min_rank:
+        raise ShapeError(layer, f"expected an input of rank >= {min_rank}, got shape {shape}")
+    if shape[-1] < 1:
+        raise ShapeError(
+            layer,
+            f"the feature (last) axis of the input must be a known size >= 1, got shape {shape}",
+        )
+    return shape[-1]
+
+
+def with_width(shape: Shape, width: int) -> Shape:
+    """``shape`` with its last axis replaced by ``width``."""
+    return (*tuple(shape[:-1]), width)
+
+
+def check_input(layer: str, x: Any, min_rank: int = 1) -> jax.Array:
+    """Return ``x`` as an array after checking it is floating point of rank >= ``min_rank``."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise InputTypeError(
+            layer,
+            f"expected a floating-point input, got dtype {x.dtype}; "
+            "cast it first, e.g. x.astype(jnp.float32)",
+        )
+    if x.ndim < min_rank:
+        raise ShapeError(layer, f"expected an input of rank >= {min_rank}, got shape {x.shape}")
+    return x
+
+
+def check_no_params(layer: str, params: Params) -> None:
+    """A parameter-free layer's params must be empty (``()``)."""
+    if jax.tree_util.tree_leaves(params):
+        raise ParamsError(
+            layer,
+            f"this layer has no parameters and expects (), got {describe_tree(params)}",
+        )
+
+
+def check_params(layer: str, params: Params, expected: Mapping[str, tuple], width: int | None = None) -> None:
+    """Check that ``params`` is a dict with exactly ``expected``'s keys and shapes.
+
+    ``width``, the input's feature width, is quoted in the message when given,
+    since a wrong input and wrong params look alike from inside a layer.
+    """
+    if not isinstance(params, Mapping):
+        raise ParamsError(
+            layer,
+            f"expected a dict with keys {sorted(expected)}, got {describe_tree(params)}",
+        )
+    if set(params) != set(expected):
+        raise ParamsError(layer, f"expected keys {sorted(expected)}, got {sorted(map(str, params))}")
+    for key, shape in expected.items():
+        got = np.shape(params[key])
+        if got != tuple(shape):
+            raise ParamsError(
+                layer,
+                f"expected shape {tuple(shape)}"
+                + ("" if width is None else f" for an input of width {width}")
+                + f", got {got}",
+                leaf=f"[{key!r}]",
+            )
+
+
+def check_sequence_params(layer: str, params: Params, count: int) -> Sequence:
+    """A combinator's params must be a sequence with one entry per child."""
+    if not isinstance(params, (tuple, list)) or len(params) != count:
+        raise ParamsError(
+            layer,
+            f"expected a tuple of {count} entries (one per child layer), got {describe_tree(params)}",
+        )
+    return params
+
+
+def describe_tree(tree: Params) -> str:
+    """A short description of a params tree for error messages."""
+    if isinstance(tree, (tuple, list)):
+        return f"a {type(tree).__name__} of {len(tree)} entries"
+    if isinstance(tree, Mapping):
+        return f"a dict with keys {sorted(map(str, tree))}"
+    if hasattr(tree, "shape"):
+        return f"an array of shape {tuple(tree.shape)}"
+    return repr(tree)
+
+
+# --------------------------------------------------------------------------
+# Keys
+# --------------------------------------------------------------------------
+
+
+def split_key(key: jax.Array | None, count: int) -> list[jax.Array | None]:
+    """Split an optional PRNG key into ``count`` keys (``None`` stays ``None``)."""
+    if key is None:
+        return [None] * count
+    return list(jax.random.split(key, count))
+
+
+# --------------------------------------------------------------------------
+# Initializing children, with summary rows recorded
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SummaryRow:
+    """One line of ``summary``: a layer's place, name, output shape and parameter count."""
+
+    depth: int
+    path: str
+    name: str
+    output_shape: Any
+    params: int
+
+
+@dataclasses.dataclass
+class _Recorder:
+    rows: list[SummaryRow] = dataclasses.field(default_factory=list)
+    depth: int = 0
+    path: str = ""
+    quiet: bool = False
+
+
+_RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar(
+    "purenet_summary_recorder", default=None
+)
+
+
+def count_params(params: Params) -> int:
+    """The number of scalar parameters in a params pytree."""
+    return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def init_child(child: Layer, key: jax.Array, input_shape: Shape, step: str) -> tuple[Shape, Params]:
+    """Initialize a combinator's child at ``step``: locate its errors, record its summary row."""
+    recorder = _RECORDER.get()
+    with located(step):
+        if recorder is None or recorder.quiet:
+            return child.init(key, input_shape)
+        row = len(recorder.rows)
+        outer_path = recorder.path
+        recorder.rows.append(SummaryRow(recorder.depth, outer_path + step, child.name, None, 0))
+        recorder.depth += 1
+        recorder.path = outer_path + step
+        try:
+            output_shape, params = child.init(key, input_shape)
+        finally:
+            recorder.depth -= 1
+            recorder.path = outer_path
+        recorder.rows[row].output_shape = output_shape
+        recorder.rows[row].params = count_params(params)
+        return output_shape, params
+
+
+@contextlib.contextmanager
+def quiet_init() -> Iterator[None]:
+    """Record no summary rows inside (for the copies ``repeat`` stacks)."""
+    recorder = _RECORDER.get()
+    if recorder is None:
+        yield
+        return
+    previous, recorder.quiet = recorder.quiet, True
+    try:
+        yield
+    finally:
+        recorder.quiet = previous
+
+
+def summary_rows(layer: Layer, input_shape: Shape, key: jax.Array | None = None) -> list[SummaryRow]:
+    """Initialize ``layer`` and return a row per layer in the model, outermost first."""
+    recorder = _Recorder()
+    token = _RECORDER.set(recorder)
+    try:
+        init_child(layer, jax.random.PRNGKey(0) if key is None else key, input_shape, "")
+    finally:
+        _RECORDER.reset(token)
+    return recorder.rows
+
+
+def summary(layer: Layer, input_shape: Shape, key: jax.Array | None = None) -> str:
+    """A table of every layer's output shape and parameter count.
+
+    Args:
+      layer: the model.
+      input_shape: its input shape, batch axis as -1.
+      key: PRNG key for the throwaway initialization (default ``PRNGKey(0)``).
+
+    Returns:
+      The table as a string, one row per layer (children indented under their
+      combinator, whose count includes theirs) and the total at the bottom.
+    """
+    rows = summary_rows(layer, input_shape, key)
+    names = ["  " * r.depth + r.name for r in rows]
+    paths = [r.path or "params" for r in rows]
+    shapes = [str(r.output_shape) for r in rows]
+    counts = [f"{r.params:,}" for r in rows]
+    headers = ("layer", "params path", "output shape", "params")
+    columns = [names, paths, shapes, counts]
+    widths = [max(len(h), *(len(c) for c in col)) for h, col in zip(headers, columns)]
+
+    def line(cells: Sequence[str]) -> str:
+        left = [c.ljust(w) for c, w in zip(cells[:-1], widths)]
+        return "  ".join([*left, cells[-1].rjust(widths[-1])])
+
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    body = [line(cells) for cells in zip(*columns)]
+    total = f"total parameters: {rows[0].params:,}"
+    return "\n".join([line(headers), rule, *body, rule, total])

@@ -1,0 +1,79 @@
+"""Maxout units (Goodfellow et al. 2013; the book's section 6.3.1.1).
+
+    z[..., i, k] = sum_j x[..., j] w[j, i, k] + b[i, k]
+    h[..., i]    = max_k z[..., i, k]
+
+Parameter layout (public and stable): ``{"w": (d, n, k), "b": (n, k)}``.
+
+Convention at the kink: where several pieces tie for the maximum, the first
+maximal piece (lowest k) is selected, and the whole gradient flows through it.
+A plain ``jnp.max`` would split the gradient evenly between tied pieces, so
+``apply`` selects the piece explicitly with ``argmax``, which returns the
+first maximum.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from purenet.core import (
+    Initializer,
+    Layer,
+    check_input,
+    check_params,
+    feature_width,
+    require_positive_int,
+    with_width,
+)
+
+# He normal over the input width d: each piece is a rectifier-like linear map.
+_maxout_w_default = jax.nn.initializers.variance_scaling(
+    2.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2)
+)
+
+
+def Maxout(
+    units: int,
+    pieces: int,
+    w_init: Initializer | None = None,
+    b_init: Initializer = jax.nn.initializers.zeros,
+) -> Layer:
+    """A maxout layer: each of ``units`` outputs is the max of ``pieces`` affine pieces.
+
+    Args:
+      units: output width n, >= 1.
+      pieces: pieces per unit k, >= 1 (k = 1 is a Dense layer).
+      w_init: initializer for ``w`` of shape (d, n, k); ``None`` is He
+        normal with fan-in d.
+      b_init: initializer for ``b`` of shape (n, k).
+
+    Returns:
+      A Layer with params ``{"w": (d, n, k), "b": (n, k)}``.
+    """
+    name = f"Maxout({units}, pieces={pieces})"
+    units = require_positive_int(name, "units", units)
+    pieces = require_positive_int(name, "pieces", pieces)
+    chosen_w_init = _maxout_w_default if w_init is None else w_init
+
+    def init(key, input_shape):
+        width = feature_width(name, input_shape)
+        w_key, b_key = jax.random.split(key)
+        params = {
+            "w": chosen_w_init(w_key, (width, units, pieces)),
+            "b": b_init(b_key, (units, pieces)),
+        }
+        return with_width(tuple(input_shape), units), params
+
+    def apply(params, x, *, key=None, train=False):
+        x = check_input(name, x)
+        check_params(name, params, {"w": (x.shape[-1], units, pieces), "b": (units, pieces)}, x.shape[-1])
+        z = jnp.einsum("...j,jik->...ik", x, params["w"]) + params["b"]
+        first_max = jnp.argmax(z, axis=-1, keepdims=True)
+        return jnp.take_along_axis(z, first_max, axis=-1)[..., 0]
+
+    # A maxout layer is its own unit, so ``serial`` never swaps its initializer.
+    return Layer(init, apply, name=name)
+
+
+__all__ = ["Maxout"]

@@ -1,0 +1,78 @@
+"""Radial basis function units (the book's section 6.3.3).
+
+    h_i = exp(-||x - w[:, i]||^2 / sigma_i^2)
+
+Parameter layout (public and stable): ``{"w": (d, n), "sigma": (n,)}``: the
+centres are the columns of ``w``, as the book writes W_{:,i}, and the widths
+are learned.  Only sigma^2 enters, so the sign of sigma is immaterial; a sigma
+of zero divides by zero.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from purenet.core import (
+    Initializer,
+    Layer,
+    check_input,
+    check_params,
+    feature_width,
+    require_positive_int,
+    with_width,
+)
+
+
+def squared_distances(x: jax.Array, centres: jax.Array) -> jax.Array:
+    """||x - c_i||^2 for every row of x and column of ``centres``, as a matmul.
+
+    Expanding |x|^2 - 2 x.c + |c|^2 avoids a (batch, d, n) intermediate;
+    rounding can make the expansion slightly negative, hence the clamp.
+    """
+    cross = x @ centres
+    x_sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    c_sq = jnp.sum(centres * centres, axis=0)
+    return jnp.maximum(x_sq - 2.0 * cross + c_sq, 0.0)
+
+
+def RBF(
+    units: int,
+    w_init: Initializer = jax.nn.initializers.normal(1.0),
+    sigma_init: Initializer | None = None,
+) -> Layer:
+    """A layer of Gaussian radial basis units with learned centres and widths.
+
+    Args:
+      units: number of units n, >= 1.
+      w_init: initializer of the centres ``w`` (d, n); standard normal,
+        which suits standardized inputs.
+      sigma_init: initializer of the widths (n,); ``None`` sets every
+        sigma to sqrt(d), the typical distance scale between a standardized
+        input and a standard-normal centre, so units start neither saturated
+        nor dead.
+
+    Returns:
+      A Layer with params ``{"w": (d, n), "sigma": (n,)}``.
+    """
+    name = f"RBF({units})"
+    units = require_positive_int(name, "units", units)
+
+    def init(key, input_shape):
+        width = feature_width(name, input_shape)
+        w_key, s_key = jax.random.split(key)
+        if sigma_init is None:
+            sigma = jnp.full((units,), jnp.sqrt(float(width)), dtype=jnp.float32)
+        else:
+            sigma = sigma_init(s_key, (units,))
+        return with_width(tuple(input_shape), units), {"w": w_init(w_key, (width, units)), "sigma": sigma}
+
+    def apply(params, x, *, key=None, train=False):
+        x = check_input(name, x)
+        check_params(name, params, {"w": (x.shape[-1], units), "sigma": (units,)}, x.shape[-1])
+        return jnp.exp(-squared_distances(x, params["w"]) / jnp.square(params["sigma"]))
+
+    return Layer(init, apply, name=name)
+
+
+__all__ = ["RBF", "squared_distances"]

@@ -1,0 +1,101 @@
+"""The rectifier family (the book's section 6.3.1), all from one function
+
+    g(z, alpha) = max(0, z) + alpha * min(0, z)
+
+    ReLU       alpha = 0            (Jarrett et al. 2009; Glorot et al. 2011)
+    AbsRect    alpha = -1           g(z) = |z|
+    LeakyReLU  alpha fixed, 0.01    (Maas et al. 2013)
+    PReLU      alpha learned        (He et al. 2015), initialized to 0.25
+
+PReLU's parameter layout (public and stable): ``{"alpha": (features,)}``, one
+slope per feature, or ``{"alpha": ()}`` when one slope is shared.
+
+Convention at the kink: at z = 0 exactly, the derivative with respect to z
+is alpha, the slope of the z <= 0 side (so ReLU'(0) = 0, |z|'(0) = -1,
+LeakyReLU'(0) = 0.01), and the derivative with respect to alpha is
+min(0, z) = 0.  ``apply`` writes g as ``where(z > 0, z, alpha * z)`` so that
+JAX's derivative follows this convention exactly; ``jnp.maximum`` would split
+ties and give 1/2 at z = 0.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from purenet.core import (
+    Initializer,
+    Layer,
+    check_input,
+    check_no_params,
+    check_params,
+    feature_width,
+)
+
+he_normal = jax.nn.initializers.he_normal()
+
+
+def rectify(z: jax.Array, alpha: jax.Array | float) -> jax.Array:
+    """g(z, alpha) = max(0, z) + alpha min(0, z), with g'(0) = alpha (see module docstring)."""
+    return jnp.where(z > 0, z, alpha * z)
+
+
+def _fixed_slope(name: str, alpha: float) -> Layer:
+    def init(key, input_shape):
+        feature_width(name, input_shape)
+        return tuple(input_shape), ()
+
+    def apply(params, x, *, key=None, train=False):
+        check_no_params(name, params)
+        return rectify(check_input(name, x), alpha)
+
+    return Layer(init, apply, name=name, preferred_init=he_normal)
+
+
+def ReLU() -> Layer:
+    """The rectified linear unit, g(z) = max(0, z); g'(0) = 0."""
+    return _fixed_slope("ReLU", 0.0)
+
+
+def AbsRect() -> Layer:
+    """Absolute value rectification, g(z) = |z| (Jarrett et al. 2009); g'(0) = -1."""
+    return _fixed_slope("AbsRect", -1.0)
+
+
+def LeakyReLU(alpha: float = 0.01) -> Layer:
+    """The leaky ReLU, g(z) = max(0, z) + alpha min(0, z) with alpha fixed; g'(0) = alpha."""
+    return _fixed_slope(f"LeakyReLU({alpha})", float(alpha))
+
+
+def PReLU(
+    shared: bool = False,
+    alpha_init: Initializer = jax.nn.initializers.constant(0.25),
+) -> Layer:
+    """The parametric ReLU: alpha is learned (He et al. 2015), one per feature or shared.
+
+    Args:
+      shared: one slope for all features (params ``{"alpha": ()}``) instead
+        of one per feature (``{"alpha": (features,)}``).
+      alpha_init: initializer of the slopes; 0.25 as in He et al. 2015.
+
+    Returns:
+      A Layer computing max(0, z) + alpha min(0, z) over the last axis.
+    """
+    name = "PReLU(shared)" if shared else "PReLU"
+
+    def alpha_shape(width):
+        return () if shared else (width,)
+
+    def init(key, input_shape):
+        width = feature_width(name, input_shape)
+        return tuple(input_shape), {"alpha": alpha_init(key, alpha_shape(width))}
+
+    def apply(params, x, *, key=None, train=False):
+        x = check_input(name, x)
+        check_params(name, params, {"alpha": alpha_shape(x.shape[-1])}, x.shape[-1])
+        return rectify(x, params["alpha"])
+
+    return Layer(init, apply, name=name, preferred_init=he_normal)
+
+
+__all__ = ["AbsRect", "LeakyReLU", "PReLU", "ReLU", "rectify"]

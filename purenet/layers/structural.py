@@ -1,0 +1,75 @@
+"""Layers that reshape or regularize without parameters: Flatten and Dropout."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from purenet.core import (
+    ConfigError,
+    Layer,
+    ShapeError,
+    check_input,
+    check_no_params,
+    normalize_shape,
+)
+
+
+def Flatten() -> Layer:
+    """Flatten every axis after the first (the batch axis) into one feature axis."""
+    name = "Flatten"
+
+    def init(key, input_shape):
+        shape = normalize_shape(name, input_shape)
+        if len(shape) < 2 or any(d < 1 for d in shape[1:]):
+            raise ShapeError(
+                name,
+                f"expected a batch axis then known feature axes, e.g. (-1, 8, 8), got {shape}",
+            )
+        return (shape[0], math.prod(shape[1:])), ()
+
+    def apply(params, x, *, key=None, train=False):
+        check_no_params(name, params)
+        x = check_input(name, x, min_rank=2)
+        return jnp.reshape(x, (x.shape[0], -1))
+
+    return Layer(init, apply, name=name)
+
+
+def Dropout(rate: float) -> Layer:
+    """Inverted dropout (Srivastava et al. 2014; the book's section 7.12).
+
+    While training, each entry is zeroed with probability ``rate`` and the
+    survivors are scaled by 1 / (1 - rate), so the expected activation is
+    unchanged and evaluation needs no rescaling.  When not training the layer
+    is the identity.
+
+    Args:
+      rate: the probability of dropping an entry, in [0, 1).
+
+    Returns:
+      A parameter-free Layer whose ``apply`` needs ``key`` when ``train=True``.
+    """
+    name = f"Dropout({rate})"
+    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ConfigError(name, f"rate must be a probability in [0, 1), got {rate!r}")
+
+    def init(key, input_shape):
+        return tuple(normalize_shape(name, input_shape)), ()
+
+    def apply(params, x, *, key=None, train=False):
+        check_no_params(name, params)
+        x = check_input(name, x)
+        if not train or rate == 0.0:
+            return x
+        if key is None:
+            raise ConfigError(name, "train=True needs a PRNG key: apply(params, x, key=key, train=True)")
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+    return Layer(init, apply, name=name)
+
+
+__all__ = ["Dropout", "Flatten"]
