@@ -253,7 +253,7 @@ def residual(block: Layer, proj_init=jax.nn.initializers.lecun_normal()) -> Laye
     return Layer(init, apply, name=name, children=(block,))
 
 
-def _skip(name: str, params: dict, x: jax.Array, width: int) -> jax.Array:
+def _skip(name: str, params: Mapping, x: jax.Array, width: int) -> jax.Array:
     """The residual's skip path: x itself, or its projection to ``width``."""
     if x.shape[-1] == width:
         if set(params) != {"block"}:
@@ -261,12 +261,12 @@ def _skip(name: str, params: dict, x: jax.Array, width: int) -> jax.Array:
                 name, f"the block keeps the width {width}, so expected keys ['block'], got {sorted(params)}"
             )
         return x
-    with located("['proj']"):
-        check_params(name, params.get("proj"), {"w": (x.shape[-1], width)})
     if set(params) != {"block", "proj"}:
         raise ParamsError(
             name, f"the block changes the width, so expected keys ['block', 'proj'], got {sorted(params)}"
         )
+    with located("['proj']"):
+        check_params(name, params["proj"], {"w": (x.shape[-1], width)}, x.shape[-1])
     return x @ params["proj"]["w"]
 
 

@@ -56,7 +56,7 @@ def mean_squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean of (outputs - targets)^2: a linear unit's loss (a unit-variance Gaussian NLL up to constants)."""
     outputs = check_input("mean_squared_error", outputs)
     targets = _targets_like("mean_squared_error", outputs, targets, float_targets=True)
-    return jnp.mean(optax.squared_error(outputs, targets))
+    return jnp.mean(optax.losses.squared_error(outputs, targets))
 
 
 def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -68,7 +68,7 @@ def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """
     logits = check_input("binary_cross_entropy", logits)
     targets = _targets_like("binary_cross_entropy", logits, targets, float_targets=True)
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
+    return jnp.mean(optax.losses.sigmoid_binary_cross_entropy(logits, targets))
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -84,9 +84,9 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     labels = jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.floating):
         labels = _targets_like(name, logits, labels, float_targets=True)
-        return jnp.mean(optax.softmax_cross_entropy(logits, labels))
+        return jnp.mean(optax.losses.softmax_cross_entropy(logits, labels))
     labels = _integer_labels(name, logits, labels)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
 def split_gaussian(outputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -131,7 +131,7 @@ def multiclass_hinge(scores: jax.Array, labels: jax.Array) -> jax.Array:
     name = "multiclass_hinge"
     scores = check_input(name, scores)
     labels = _integer_labels(name, scores, labels)
-    return jnp.mean(optax.multiclass_hinge_loss(scores, labels))
+    return jnp.mean(optax.losses.multiclass_hinge_loss(scores, labels))
 
 
 # --------------------------------------------------------------------------
