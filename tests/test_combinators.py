@@ -54,7 +54,9 @@ def test_an_explicit_initializer_is_kept(key):
 
 
 def test_serial_refuses_non_layers_and_emptiness():
-    with pytest.raises(pn.ConfigError, match=r"serial: argument 1 must be a Layer, got function; did you mean ReLU\(\)\?"):
+    with pytest.raises(
+        pn.ConfigError, match=r"serial: argument 1 must be a Layer, got function; did you mean ReLU\(\)\?"
+    ):
         pn.serial(pn.Dense(2), pn.ReLU)
     with pytest.raises(pn.ConfigError, match="serial: needs at least one layer"):
         pn.serial()
@@ -73,7 +75,10 @@ def test_errors_deep_inside_name_the_full_path(key):
     bad = (params[0], {"block": (params[1]["block"][0], {"alpha": jnp.ones(3)})})
     with pytest.raises(pn.ParamsError) as info:
         model.apply(bad, X)
-    assert str(info.value) == "PReLU at params[1]['block'][1]['alpha']: expected shape (4,) for an input of width 4, got (3,)"
+    assert (
+        str(info.value)
+        == "PReLU at params[1]['block'][1]['alpha']: expected shape (4,) for an input of width 4, got (3,)"
+    )
 
 
 def test_init_errors_name_the_position(key):
@@ -89,7 +94,9 @@ def test_parallel_fan_out_fan_in(key):
     a, b = params[1]
     close(model.apply(params, X), X @ a["w"] + a["b"] + X @ b["w"] + b["b"])
 
-    concat = pn.serial(pn.fan_out(3), pn.parallel(pn.Dense(2), pn.Identity(), pn.Dense(1)), pn.fan_in_concat())
+    concat = pn.serial(
+        pn.fan_out(3), pn.parallel(pn.Dense(2), pn.Identity(), pn.Dense(1)), pn.fan_in_concat()
+    )
     out_shape, params = concat.init(key, (-1, 4))
     assert out_shape == (-1, 7)
     y = concat.apply(params, X)
@@ -124,7 +131,9 @@ def test_residual_projects_when_the_width_changes(key):
 def test_residual_param_errors(key):
     layer = pn.residual(pn.Dense(6))
     _, params = layer.init(key, (-1, 4))
-    with pytest.raises(pn.ParamsError, match=r"residual: the block changes the width, so expected keys \['block', 'proj'\]"):
+    with pytest.raises(
+        pn.ParamsError, match=r"residual: the block changes the width, so expected keys \['block', 'proj'\]"
+    ):
         layer.apply({"block": params["block"]}, X)
     with pytest.raises(pn.ParamsError, match=r"residual at params\['proj'\]\['w'\]: expected shape \(4, 6\)"):
         layer.apply({"block": params["block"], "proj": {"w": jnp.ones((5, 6))}}, X)
@@ -174,7 +183,10 @@ def test_repeat_errors(key):
     with pytest.raises(pn.ShapeError, match=r"repeat\(n=3\): the block must keep its input shape"):
         pn.repeat(pn.Dense(5), 3).init(key, (-1, 4))
     _, params = pn.repeat(pn.Dense(4), 3).init(key, (-1, 4))
-    with pytest.raises(pn.ParamsError, match=r"repeat\(n=2\) at params\['b'\]: expected stacked params with a leading axis of 2"):
+    with pytest.raises(
+        pn.ParamsError,
+        match=r"repeat\(n=2\) at params\['b'\]: expected stacked params with a leading axis of 2",
+    ):
         pn.repeat(pn.Dense(4), 2).apply(params, X)
     with pytest.raises(pn.ConfigError, match="count must be an integer >= 1"):
         pn.repeat(pn.Dense(4), 0)

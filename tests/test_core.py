@@ -70,7 +70,14 @@ def test_summary_lists_every_layer_with_shapes_and_counts():
     assert lines[0].split() == ["layer", "params", "path", "output", "shape", "params"]
     body = [line for line in lines[2:-2]]
     assert [line.split()[0] for line in body] == [
-        "serial", "Dense(8)", "ReLU", "residual", "serial", "Dense(8)", "Tanh", "Dense(2)",
+        "serial",
+        "Dense(8)",
+        "ReLU",
+        "residual",
+        "serial",
+        "Dense(8)",
+        "Tanh",
+        "Dense(2)",
     ]
     # Dense(8) on width 5: 5*8 + 8 = 48; residual Dense(8) on 8: 72; Dense(2) on 8: 18.
     assert "48" in body[1] and "(-1, 8)" in body[1]

@@ -80,7 +80,9 @@ def test_params_with_wrong_keys(key):
 
 def test_integer_input_is_a_type_error(key):
     _, params = pn.Dense(2).init(key, (-1, 3))
-    with pytest.raises(pn.InputTypeError, match=r"Dense\(2\): expected a floating-point input, got dtype int"):
+    with pytest.raises(
+        pn.InputTypeError, match=r"Dense\(2\): expected a floating-point input, got dtype int"
+    ):
         pn.Dense(2).apply(params, jnp.ones((1, 3), jnp.int32))
 
 

@@ -16,7 +16,9 @@ def softplus(v):
 
 
 def test_mean_squared_error():
-    assert float(pn.mean_squared_error(jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 4.0]]))) == pytest.approx(2.5)
+    assert float(pn.mean_squared_error(jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 4.0]]))) == pytest.approx(
+        2.5
+    )
 
 
 @pytest.mark.parametrize("z", [-1e4, -30.0, -1.0, 0.0, 2.0, 1e4])

@@ -1,0 +1,128 @@
+"""Params are plain pytrees: jit, grad, vmap and optax work on models unchanged.
+
+Also a property test: for random architectures the shape ``init`` infers is
+the shape ``apply`` produces.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import purenet as pn
+
+
+def model_and_params(key):
+    model = pn.serial(
+        pn.Dense(8),
+        pn.PReLU(),
+        pn.residual(pn.serial(pn.Maxout(8, 3), pn.Tanh())),
+        pn.dense_block(pn.LowRankDense(4, 2), pn.Sigmoid()),
+        pn.repeat(pn.serial(pn.Dense(24), pn.LeakyReLU()), 3),  # 8 + 4 + 12 wide
+        pn.RBF(5),
+        pn.Dense(3),
+    )
+    return model, model.init(key, (-1, 6))[1]
+
+
+def test_jit_matches_eager(key):
+    model, params = model_and_params(key)
+    x = jax.random.normal(key, (4, 6))
+    np.testing.assert_allclose(jax.jit(model.apply)(params, x), model.apply(params, x), rtol=1e-5, atol=1e-6)
+
+
+def test_vmap_over_single_examples_matches_the_batch(key):
+    model, params = model_and_params(key)
+    x = jax.random.normal(key, (4, 6))
+    per_example = jax.vmap(model.apply, in_axes=(None, 0))(params, x)
+    np.testing.assert_allclose(per_example, model.apply(params, x), rtol=1e-5, atol=1e-6)
+
+
+def test_grad_has_the_params_structure_and_optax_steps(key):
+    model, params = model_and_params(key)
+    x, y = jax.random.normal(key, (4, 6)), jnp.array([0, 1, 2, 0])
+    loss = lambda p: pn.softmax_cross_entropy(model.apply(p, x), y)  # noqa: E731
+    grads = jax.grad(loss)(params)
+    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
+    optimizer = optax.adam(1e-2)
+    state = optimizer.init(params)
+    before = loss(params)
+    grad = jax.jit(jax.grad(loss))
+    for _ in range(20):
+        updates, state = optimizer.update(grad(params), state, params)
+        params = optax.apply_updates(params, updates)
+    assert loss(params) < before
+
+
+def test_grad_of_the_input(key):
+    model, params = model_and_params(key)
+    g = jax.grad(lambda x: model.apply(params, x).sum())(jnp.ones((2, 6)))
+    assert g.shape == (2, 6) and bool(jnp.all(jnp.isfinite(g)))
+
+
+UNITS = [
+    pn.ReLU,
+    pn.AbsRect,
+    pn.LeakyReLU,
+    pn.PReLU,
+    lambda: pn.PReLU(shared=True),
+    pn.Sigmoid,
+    pn.Tanh,
+    pn.Softplus,
+    pn.HardTanh,
+    pn.Cos,
+    pn.Identity,
+]
+
+
+@st.composite
+def architectures(draw, depth=0):
+    """A random layer built from every layer and combinator."""
+    width = draw(st.integers(1, 16))
+    leaves = [
+        lambda: pn.Dense(width),
+        lambda: pn.LowRankDense(width, draw(st.integers(1, 4))),
+        lambda: pn.Maxout(width, draw(st.integers(1, 4))),
+        lambda: pn.RBF(width),
+        lambda: draw(st.sampled_from(UNITS))(),
+        lambda: pn.Dropout(0.1),
+    ]
+    if depth >= 2:
+        return draw(st.sampled_from(leaves))()
+    kind = draw(st.sampled_from(["leaf", "serial", "residual", "dense_block", "repeat", "branches"]))
+    if kind == "leaf":
+        return draw(st.sampled_from(leaves))()
+    children = lambda: [draw(architectures(depth + 1)) for _ in range(draw(st.integers(1, 3)))]  # noqa: E731
+    if kind == "serial":
+        return pn.serial(*children())
+    if kind == "residual":
+        return pn.residual(pn.serial(*children()))
+    if kind == "dense_block":
+        return pn.dense_block(*children())
+    if kind == "repeat":
+        block = pn.serial(pn.Dense(width), draw(st.sampled_from(UNITS))())
+        return pn.serial(pn.Dense(width), pn.repeat(block, draw(st.integers(1, 3))))
+    join = draw(
+        st.sampled_from(
+            [
+                pn.fan_in_concat,
+                lambda: pn.serial(pn.parallel(pn.Dense(width), pn.Dense(width)), pn.fan_in_sum()),
+            ]
+        )
+    )
+    if join is pn.fan_in_concat:
+        return pn.serial(
+            pn.fan_out(2), pn.parallel(pn.serial(*children()), pn.serial(*children())), pn.fan_in_concat()
+        )
+    return pn.serial(pn.fan_out(2), join())
+
+
+@settings(max_examples=25, deadline=None)
+@given(architectures(), st.integers(1, 8), st.integers(1, 5))
+def test_inferred_shape_matches_apply(model, width, batch):
+    out_shape, params = model.init(jax.random.PRNGKey(0), (-1, width))
+    y = model.apply(params, jnp.ones((batch, width)))
+    assert y.shape == (batch, *out_shape[1:])
+    assert pn.count_params(params) == sum(r.params for r in pn.core.summary_rows(model, (-1, width))[:1])
