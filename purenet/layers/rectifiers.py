@@ -27,10 +27,10 @@ from purenet.core import (
     Initializer,
     Layer,
     check_input,
-    check_no_params,
     check_params,
     feature_width,
 )
+from purenet.layers.activations import elementwise
 
 he_normal = jax.nn.initializers.he_normal()
 
@@ -41,15 +41,7 @@ def rectify(z: jax.Array, alpha: jax.Array | float) -> jax.Array:
 
 
 def _fixed_slope(name: str, alpha: float) -> Layer:
-    def init(key, input_shape):
-        feature_width(name, input_shape)
-        return tuple(input_shape), ()
-
-    def apply(params, x, *, key=None, train=False):
-        check_no_params(name, params)
-        return rectify(check_input(name, x), alpha)
-
-    return Layer(init, apply, name=name, preferred_init=he_normal)
+    return elementwise(name, lambda z: rectify(z, alpha), he_normal)
 
 
 def ReLU() -> Layer:
