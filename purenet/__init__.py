@@ -1,5 +1,7 @@
 """purenet: feedforward networks as pure functions over parameter pytrees, in JAX."""
 
+from purenet import reference
+from purenet.check import GradientCheckError, GradientReport, check_gradients, check_layer
 from purenet.combinators import (
     dense_block,
     fan_in_concat,
@@ -14,6 +16,7 @@ from purenet.core import (
     ConfigError,
     InputTypeError,
     Layer,
+    MissingReferenceError,
     ParamsError,
     PurenetError,
     ShapeError,
@@ -41,6 +44,9 @@ from purenet.layers import (
 )
 from purenet.losses import (
     OUTPUT_UNITS,
+    L1Penalty,
+    L2Penalty,
+    LossReference,
     OutputUnit,
     binary_cross_entropy,
     gaussian_nll,
@@ -50,6 +56,7 @@ from purenet.losses import (
     multiclass_hinge,
     softmax_cross_entropy,
 )
+from purenet.reference import reference_gradient, textbook_mlp_gradient
 from purenet.train import NonFiniteLossError, fit, make_train_step
 
 __version__ = "0.1.0"
@@ -63,13 +70,19 @@ __all__ = [
     "Dense",
     "Dropout",
     "Flatten",
+    "GradientCheckError",
+    "GradientReport",
     "HardTanh",
     "Identity",
     "InputTypeError",
+    "L1Penalty",
+    "L2Penalty",
     "Layer",
     "LeakyReLU",
+    "LossReference",
     "LowRankDense",
     "Maxout",
+    "MissingReferenceError",
     "NonFiniteLossError",
     "OutputUnit",
     "PReLU",
@@ -81,6 +94,8 @@ __all__ = [
     "Softplus",
     "Tanh",
     "binary_cross_entropy",
+    "check_gradients",
+    "check_layer",
     "count_params",
     "dense_block",
     "elementwise",
@@ -95,9 +110,12 @@ __all__ = [
     "mean_squared_error",
     "multiclass_hinge",
     "parallel",
+    "reference",
+    "reference_gradient",
     "repeat",
     "residual",
     "serial",
     "softmax_cross_entropy",
     "summary",
+    "textbook_mlp_gradient",
 ]

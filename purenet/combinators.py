@@ -12,6 +12,16 @@
 
 Every combinator names each child's place when a child raises
 (``params[1]['block'][0]``), so an error deep inside a model says where.
+
+Each combinator also describes itself as a computational graph of its
+children (``purenet.reference.Graph``), from which Algorithm 6.2 composes its
+hand-derived ``bprop``: gradients reaching a node from all its consumers are
+summed.  The joining ops' own backward passes are one line each:
+
+    fan_out        dJ/dx = sum_i dJ/dy_i            (x has n consumers)
+    fan_in_sum     dJ/dx_i = dJ/dy
+    fan_in_concat  dJ/dx_i = the slice of dJ/dy that x_i filled
+    projection     y = x w:  dJ/dw = x^T G,  dJ/dx = G w^T
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purenet.core import (
     ConfigError,
@@ -40,6 +51,7 @@ from purenet.core import (
     split_key,
     with_width,
 )
+from purenet.reference import Graph, Node, chain, graph_reference
 
 
 def _check_children(name: str, layers: tuple) -> tuple[Layer, ...]:
@@ -115,7 +127,11 @@ def serial(*layers: Layer) -> Layer:
                 x = layer.apply(p, x, key=k, train=train)
         return x
 
-    return Layer(init, apply, name=name, children=layers)
+    def graph(params):
+        check_sequence_params(name, params, len(layers))
+        return chain(layers)
+
+    return Layer(init, apply, name=name, children=layers, **graph_reference(graph))
 
 
 def parallel(*layers: Layer) -> Layer:
@@ -144,7 +160,39 @@ def parallel(*layers: Layer) -> Layer:
                 outputs.append(layer.apply(p, x, key=k, train=train))
         return tuple(outputs)
 
-    return Layer(init, apply, name=name, children=layers)
+    def graph(params):
+        check_sequence_params(name, params, len(layers))
+        count = len(layers)
+        picks = [Node(_select(i, count), (0,)) for i in range(count)]
+        children = [Node(layer, (1 + i,), i) for i, layer in enumerate(layers)]
+        pack = Node(_pack(count), tuple(1 + count + i for i in range(count)))
+        return Graph((*picks, *children, pack), gather=lambda grads: tuple(grads[i] for i in range(count)))
+
+    return Layer(init, apply, name=name, children=layers, **graph_reference(graph))
+
+
+def _select(index: int, count: int) -> Layer:
+    """The graph op taking input ``index`` of a tuple; its gradient is zero in the other slots."""
+    name = f"select[{index}]"
+
+    def bprop(params, xs, g):
+        _check_tuple(name, xs, count)
+        zeros = [jax.tree_util.tree_map(np.zeros_like, x) for x in xs]
+        zeros[index] = g
+        return (), tuple(zeros)
+
+    return Layer(None, None, bprop=bprop, name=name, np_apply=lambda params, xs: xs[index])
+
+
+def _pack(count: int) -> Layer:
+    """The graph op gathering ``count`` nodes into one tuple (and its gradient back apart)."""
+    return Layer(
+        None,
+        None,
+        bprop=lambda params, xs, g: ((), tuple(g)),
+        name=f"pack({count})",
+        np_apply=lambda params, xs: tuple(xs),
+    )
 
 
 def fan_out(count: int) -> Layer:
@@ -159,7 +207,14 @@ def fan_out(count: int) -> Layer:
         check_no_params(name, params)
         return (x,) * count
 
-    return Layer(init, apply, name=name)
+    def bprop(params, x, g):
+        _check_tuple(name, g, count)
+        total = g[0]
+        for g_i in g[1:]:
+            total = jax.tree_util.tree_map(np.add, total, g_i)
+        return (), total
+
+    return Layer(init, apply, bprop=bprop, name=name, np_apply=lambda params, x: (x,) * count)
 
 
 def fan_in_sum() -> Layer:
@@ -179,7 +234,13 @@ def fan_in_sum() -> Layer:
             raise ShapeError(name, f"expected inputs of one shape, got {[x.shape for x in xs]}")
         return sum(xs[1:], xs[0])
 
-    return Layer(init, apply, name=name)
+    return Layer(
+        init,
+        apply,
+        bprop=lambda params, xs, g: ((), (g,) * len(xs)),
+        name=name,
+        np_apply=lambda params, xs: sum(xs[1:], xs[0]),
+    )
 
 
 def fan_in_concat() -> Layer:
@@ -197,7 +258,17 @@ def fan_in_concat() -> Layer:
         _check_concatenable(name, [x.shape for x in xs])
         return jnp.concatenate(xs, axis=-1)
 
-    return Layer(init, apply, name=name)
+    def bprop(params, xs, g):
+        boundaries = np.cumsum([np.shape(x)[-1] for x in xs])[:-1]
+        return (), tuple(np.split(g, boundaries, axis=-1))
+
+    return Layer(
+        init,
+        apply,
+        bprop=bprop,
+        name=name,
+        np_apply=lambda params, xs: np.concatenate(xs, axis=-1),
+    )
 
 
 def _check_concatenable(name: str, shapes) -> None:
@@ -250,7 +321,29 @@ def residual(block: Layer, proj_init=jax.nn.initializers.lecun_normal()) -> Laye
             y = block.apply(params["block"], x, key=key, train=train)
         return y + _skip(name, params, x, y.shape[-1])
 
-    return Layer(init, apply, name=name, children=(block,))
+    def graph(params):
+        if not isinstance(params, Mapping) or not {"block"} <= set(params) <= {"block", "proj"}:
+            raise ParamsError(
+                name, f"expected a dict with key 'block' (and 'proj'), got {describe_tree(params)}"
+            )
+        block_node = Node(block, (0,), "block")
+        if "proj" not in params:  # x feeds both the block and the sum: two consumers
+            return Graph((block_node, Node(_ADD, (1, 0))), gather=dict)
+        return Graph((block_node, Node(_PROJECTION, (0,), "proj"), Node(_ADD, (1, 2))), gather=dict)
+
+    return Layer(init, apply, name=name, children=(block,), **graph_reference(graph))
+
+
+def _projection_bprop(params, x, g):
+    w = params["w"]
+    rows_x, rows_g = x.reshape(-1, w.shape[0]), g.reshape(-1, w.shape[1])
+    return {"w": rows_x.T @ rows_g}, g @ w.T
+
+
+_PROJECTION = Layer(
+    None, None, bprop=_projection_bprop, name="projection", np_apply=lambda params, x: x @ params["w"]
+)
+_ADD = fan_in_sum()
 
 
 def _skip(name: str, params: Mapping, x: jax.Array, width: int) -> jax.Array:
@@ -305,7 +398,24 @@ def dense_block(*layers: Layer) -> Layer:
                 features.append(layer.apply(p, jnp.concatenate(features, axis=-1), key=k, train=train))
         return jnp.concatenate(features, axis=-1)
 
-    return Layer(init, apply, name=name, children=layers)
+    def graph(params):
+        check_sequence_params(name, params, len(layers))
+        nodes, features = [], [0]  # ids of the nodes concatenated so far; 0 is the input
+        for i, layer in enumerate(layers):
+            if len(features) > 1:
+                nodes.append(Node(_CONCAT, tuple(features)))
+                source = len(nodes)
+            else:
+                source = 0
+            nodes.append(Node(layer, (source,), i))
+            features.append(len(nodes))
+        nodes.append(Node(_CONCAT, tuple(features)))
+        return Graph(tuple(nodes), gather=lambda grads: tuple(grads[i] for i in range(len(layers))))
+
+    return Layer(init, apply, name=name, children=layers, **graph_reference(graph))
+
+
+_CONCAT = fan_in_concat()
 
 
 def repeat(block: Layer, count: int) -> Layer:
@@ -349,9 +459,19 @@ def repeat(block: Layer, count: int) -> Layer:
             copy_params, copy_key = copy
             return block.apply(copy_params, h, key=copy_key, train=train).astype(h.dtype), None
 
-        return jax.lax.scan(step, x, (params, keys))[0]
+        return jax.lax.scan(step, x, (params, keys), length=count)[0]
 
-    return Layer(init, apply, name=name, children=(block,))
+    def graph(params):
+        _check_stacked(name, params, count)
+        return Graph(
+            tuple(Node(block, (i,), i) for i in range(count)),
+            gather=lambda grads: jax.tree_util.tree_map(
+                lambda *copies: np.stack(copies), *(grads[i] for i in range(count))
+            ),
+            take=lambda stacked, i: jax.tree_util.tree_map(lambda leaf: leaf[i], stacked),
+        )
+
+    return Layer(init, apply, name=name, children=(block,), **graph_reference(graph))
 
 
 def _check_stacked(name: str, params, count: int) -> None:

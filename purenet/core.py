@@ -8,9 +8,10 @@ A layer is three functions in one record (DESIGN.md):
 
 ``init`` infers every shape from ``input_shape`` alone, whose batch axis is
 written ``-1`` or ``None``.  ``apply`` is written in ``jax.numpy`` and is
-jit-able.  ``bprop`` is the hand-derived backward pass in NumPy float64 that
-the reference-backprop layer of the library fills; it is ``None`` where no
-reference is written (a user's own layer, say).
+jit-able.  ``bprop`` is the hand-derived backward pass in NumPy float64,
+written beside ``np_apply``, the same forward formula in NumPy, so that the
+reference runs end to end without JAX (``purenet.reference``); both are
+``None`` where no reference is written (a user's own layer, say).
 
 Every check here runs at trace time, on static shapes and dtypes, so a
 checked ``apply`` costs nothing once it is jit-compiled.
@@ -34,6 +35,8 @@ Initializer = Callable[..., jax.Array]  # jax.nn.initializers signature
 InitFn = Callable[[jax.Array, Shape], tuple[Shape, Params]]
 ApplyFn = Callable[..., jax.Array]
 BpropFn = Callable[[Params, np.ndarray, np.ndarray], tuple[Params, np.ndarray]]
+NpApplyFn = Callable[[Params, np.ndarray], np.ndarray]
+KinksFn = Callable[[Params, np.ndarray], float]
 
 
 class Layer(NamedTuple):
@@ -44,7 +47,8 @@ class Layer(NamedTuple):
       apply: ``apply(params, x, *, key=None, train=False) -> y``.
       bprop: the hand-derived backward pass
         ``bprop(params, x, g_out) -> (g_params, g_x)`` in NumPy float64, or
-        ``None`` where the layer has none yet.
+        ``None`` where the layer has none.  ``g_out`` is dJ/dy for the output
+        y; it returns dJ/dparams (the params' structure) and dJ/dx.
       name: how errors and summaries name the layer, e.g. ``"Dense(64)"``.
       children: the sub-layers of a combinator, in order; empty for a leaf.
       preferred_init: for a unit (an activation), the weight initializer that
@@ -53,6 +57,14 @@ class Layer(NamedTuple):
       with_init: for a weight layer built without an explicit weight
         initializer, ``with_init(initializer)`` rebuilds it with that one;
         ``None`` when the user chose the initializer.
+      np_apply: the forward in NumPy float64, ``np_apply(params, x) -> y``,
+        the same formula as ``apply`` (in evaluation mode: dropout is off);
+        ``None`` where the layer has no reference.
+      kinks: for a layer that is not differentiable everywhere,
+        ``kinks(params, x) -> distance``: how far the point is from the
+        nearest kink (the smallest |z| at a rectifier, the smallest gap
+        between a maxout unit's top two pieces), so that a finite-difference
+        check can tell when its steps straddle one.  ``None`` means smooth.
     """
 
     init: InitFn
@@ -62,6 +74,8 @@ class Layer(NamedTuple):
     children: tuple[Layer, ...] = ()
     preferred_init: Initializer | None = None
     with_init: Callable[[Initializer], Layer] | None = None
+    np_apply: NpApplyFn | None = None
+    kinks: KinksFn | None = None
 
 
 # --------------------------------------------------------------------------
@@ -104,6 +118,10 @@ class ConfigError(PurenetError, ValueError):
 
 class InputTypeError(PurenetError, TypeError):
     """An input of the wrong dtype: integers where floats are needed."""
+
+
+class MissingReferenceError(PurenetError, TypeError):
+    """A layer or loss without the hand-derived reference a check or reference pass needs."""
 
 
 @contextlib.contextmanager
@@ -227,6 +245,28 @@ def describe_tree(tree: Params) -> str:
     if hasattr(tree, "shape"):
         return f"an array of shape {tuple(tree.shape)}"
     return repr(tree)
+
+
+# --------------------------------------------------------------------------
+# NumPy float64, for the reference
+# --------------------------------------------------------------------------
+
+
+def as_float64(tree: Any) -> Any:
+    """A copy of a pytree with every floating leaf as a NumPy float64 array (integers kept)."""
+
+    def convert(leaf):
+        array = np.asarray(leaf)
+        # jnp.issubdtype also knows bfloat16, which NumPy's does not count as floating.
+        return array.astype(np.float64) if jnp.issubdtype(array.dtype, jnp.floating) else array
+
+    return jax.tree_util.tree_map(convert, tree)
+
+
+def sum_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum ``g`` over its leading (batch) axes down to ``shape``: the gradient of a broadcast."""
+    g = np.asarray(g)
+    return g.reshape(-1, *shape).sum(axis=0) if shape else np.asarray(g.sum())
 
 
 # --------------------------------------------------------------------------

@@ -15,18 +15,37 @@ Every loss takes ``(outputs, targets)`` and returns the mean over entries as
 a float32-or-wider scalar.  ``OUTPUT_UNITS`` pairs each loss with the
 prediction its unit makes, so a model's output is never fed to a loss of
 another unit ("don't mix and match").
+
+Each loss also has a hand-derived reference in NumPy float64 right below it,
+``value_and_grad(outputs, targets) -> (L, dL/doutputs)``, found with
+``loss_reference(loss)``.  Over N averaged entries (or rows):
+
+    mean_squared_error      2 (z - y) / N
+    binary_cross_entropy    (sigma(z) - y) / N
+    softmax_cross_entropy   (q sum_j p_j - p) / N, q = softmax(z): q - p for a distribution p
+    gaussian_nll            d/dmu = beta (mu - y) / N,
+                            d/drho = (-1 / (2 beta) + (y - mu)^2 / 2) sigma(rho) / N
+    multiclass_hinge        (t - onehot(y)) / N, t spreading 1 evenly over the
+                            classes tied for max_j (z_j + [j != y]), as jnp.max does
+
+The penalties ``L2Penalty`` and ``L1Penalty`` carry lambda grad Omega the
+same way: lambda w, and lambda sign(w) with sign(0) = 0 (the smallest
+subgradient; ``l1_penalty`` is written w sign(w) so that JAX agrees).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from purenet.core import InputTypeError, ShapeError, check_input
+from purenet.core import InputTypeError, MissingReferenceError, ShapeError, check_input
+from purenet.layers.activations import np_sigmoid, np_softplus
 
 
 def _targets_like(loss: str, outputs: jax.Array, targets, float_targets: bool) -> jax.Array:
@@ -59,6 +78,11 @@ def mean_squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(optax.losses.squared_error(outputs, targets))
 
 
+def _mse_reference(z: np.ndarray, y: np.ndarray):
+    residual = z - y
+    return np.mean(residual**2), 2.0 * residual / residual.size
+
+
 def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """A sigmoid unit's NLL from its logit z: mean of zeta((1 - 2y) z) for y in {0, 1}.
 
@@ -69,6 +93,11 @@ def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     logits = check_input("binary_cross_entropy", logits)
     targets = _targets_like("binary_cross_entropy", logits, targets, float_targets=True)
     return jnp.mean(optax.losses.sigmoid_binary_cross_entropy(logits, targets))
+
+
+def _bce_reference(z: np.ndarray, y: np.ndarray):
+    # -y log sigma(z) - (1 - y) log(1 - sigma(z)) = zeta(z) - y z
+    return np.mean(np_softplus(z) - y * z), (np_sigmoid(z) - y) / z.size
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -87,6 +116,19 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         return jnp.mean(optax.losses.softmax_cross_entropy(logits, labels))
     labels = _integer_labels(name, logits, labels)
     return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
+    return (np.arange(classes) == labels[..., None]).astype(np.float64)
+
+
+def _softmax_ce_reference(z: np.ndarray, labels: np.ndarray):
+    shifted = z - z.max(axis=-1, keepdims=True)
+    log_q = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    p = labels if np.issubdtype(labels.dtype, np.floating) else _one_hot(labels, z.shape[-1])
+    rows = z.size // z.shape[-1]
+    value = -np.sum(p * log_q) / rows
+    return value, (np.exp(log_q) * p.sum(axis=-1, keepdims=True) - p) / rows
 
 
 def split_gaussian(outputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -126,12 +168,90 @@ def gaussian_nll(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(-0.5 * _log_softplus(rho) + 0.5 * precision * jnp.square(targets - mean))
 
 
+def _gaussian_nll_reference(outputs: np.ndarray, y: np.ndarray):
+    width = outputs.shape[-1] // 2
+    mean, rho = outputs[..., :width], outputs[..., width:]
+    beta = np_softplus(rho)
+    # As the JAX path: below rho = -30, softplus(rho) = e^rho to 1e-13, so log beta = rho
+    # (the maximum only silences log(0) on the branch np.where discards).
+    log_beta = np.where(rho > -30.0, np.log(np.maximum(beta, 1e-300)), rho)
+    count = mean.size
+    value = np.mean(-0.5 * log_beta + 0.5 * beta * (y - mean) ** 2)
+    g_mean = beta * (mean - y) / count
+    g_rho = (-0.5 / beta + 0.5 * (y - mean) ** 2) * np_sigmoid(rho) / count
+    return value, np.concatenate([g_mean, g_rho], axis=-1)
+
+
 def multiclass_hinge(scores: jax.Array, labels: jax.Array) -> jax.Array:
     """The multiclass hinge loss (Crammer and Singer 2001): mean of max_j (z_j + [j != y]) - z_y."""
     name = "multiclass_hinge"
     scores = check_input(name, scores)
     labels = _integer_labels(name, scores, labels)
     return jnp.mean(optax.losses.multiclass_hinge_loss(scores, labels))
+
+
+def _hinge_margins(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return z + 1.0 - _one_hot(labels, z.shape[-1])
+
+
+def _hinge_reference(z: np.ndarray, labels: np.ndarray):
+    one_hot = _one_hot(labels, z.shape[-1])
+    margins = _hinge_margins(z, labels)
+    top = margins.max(axis=-1, keepdims=True)
+    tied = (margins == top).astype(np.float64)
+    rows = z.size // z.shape[-1]
+    value = np.sum(top[..., 0] - np.sum(z * one_hot, axis=-1)) / rows
+    return value, (tied / tied.sum(axis=-1, keepdims=True) - one_hot) / rows
+
+
+def _hinge_kinks(z: np.ndarray, labels: np.ndarray) -> float:
+    """The smallest gap between the top two of z_j + [j != y] (a tie is the kink)."""
+    if z.shape[-1] < 2:
+        return np.inf
+    top_two = np.sort(_hinge_margins(z, labels), axis=-1)[..., -2:]
+    return float(np.min(top_two[..., 1] - top_two[..., 0], initial=np.inf))
+
+
+# --------------------------------------------------------------------------
+# The losses' references, for purenet.reference and purenet.check
+# --------------------------------------------------------------------------
+
+
+class LossReference(NamedTuple):
+    """A loss's hand-derived reference in NumPy float64.
+
+    Attributes:
+      value_and_grad: ``(outputs, targets) -> (L, dL/doutputs)``.
+      kinks: for a loss with kinks, ``(outputs, targets) -> distance`` to the
+        nearest one; ``None`` for a smooth loss.
+    """
+
+    value_and_grad: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
+    kinks: Callable[[np.ndarray, np.ndarray], float] | None = None
+
+
+_LOSS_REFERENCES: dict[Callable, LossReference] = {
+    mean_squared_error: LossReference(_mse_reference),
+    binary_cross_entropy: LossReference(_bce_reference),
+    softmax_cross_entropy: LossReference(_softmax_ce_reference),
+    gaussian_nll: LossReference(_gaussian_nll_reference),
+    multiclass_hinge: LossReference(_hinge_reference, _hinge_kinks),
+}
+
+
+def loss_reference(loss: Callable | LossReference) -> LossReference:
+    """The hand-derived reference of a purenet loss (a ``LossReference`` is returned as is)."""
+    if isinstance(loss, LossReference):
+        return loss
+    try:
+        return _LOSS_REFERENCES[loss]
+    except (KeyError, TypeError):
+        name = getattr(loss, "__name__", repr(loss))
+        raise MissingReferenceError(
+            name,
+            "is not one of purenet's losses, so it has no reference; pass "
+            "loss_reference=LossReference(value_and_grad) with your hand-derived gradient",
+        ) from None
 
 
 # --------------------------------------------------------------------------
@@ -192,19 +312,96 @@ def l2_penalty(params, scale: float, skip: Sequence[str] = ("b",)) -> jax.Array:
 
 
 def l1_penalty(params, scale: float, skip: Sequence[str] = ("b",)) -> jax.Array:
-    """lambda * Omega with Omega = ||w||_1 summed over the penalized leaves (eq. 7.18)."""
-    return scale * sum(jnp.sum(jnp.abs(w)) for w in _penalized_leaves(params, skip))
+    """lambda * Omega with Omega = ||w||_1 summed over the penalized leaves (eq. 7.18).
+
+    |w| is written w sign(w) so that its derivative at w = 0 is sign(0) = 0,
+    the smallest subgradient (``jnp.abs`` would give 1 there).
+    """
+    return scale * sum(jnp.sum(w * jnp.sign(w)) for w in _penalized_leaves(params, skip))
+
+
+def _penalty_grad(params, skip: Sequence[str], grad: Callable[[np.ndarray], np.ndarray]):
+    """grad applied to the penalized leaves, zeros on the skipped ones (NumPy)."""
+
+    def leaf_grad(path, leaf):
+        last = path[-1] if path else None
+        if isinstance(last, jax.tree_util.DictKey) and last.key in skip:
+            return np.zeros_like(leaf)
+        return grad(leaf)
+
+    return jax.tree_util.tree_map_with_path(leaf_grad, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class L2Penalty:
+    """The regularizer lambda/2 ||w||^2 as a callable, with its reference gradient lambda w.
+
+    ``fit(..., regularizer=L2Penalty(1e-4))`` trains with it;
+    ``check_gradients(..., regularizer=L2Penalty(1e-4))`` checks it.
+    """
+
+    scale: float
+    skip: tuple[str, ...] = ("b",)
+
+    def __call__(self, params) -> jax.Array:
+        return l2_penalty(params, self.scale, self.skip)
+
+    def reference(self, params) -> float:
+        return self.scale * 0.5 * sum(np.sum(w**2) for w in _penalized_leaves(params, self.skip))
+
+    def reference_grad(self, params):
+        return _penalty_grad(params, self.skip, lambda w: self.scale * w)
+
+
+@dataclasses.dataclass(frozen=True)
+class L1Penalty:
+    """The regularizer lambda ||w||_1 as a callable, with its reference gradient lambda sign(w)."""
+
+    scale: float
+    skip: tuple[str, ...] = ("b",)
+
+    def __call__(self, params) -> jax.Array:
+        return l1_penalty(params, self.scale, self.skip)
+
+    def reference(self, params) -> float:
+        return self.scale * sum(np.sum(np.abs(w)) for w in _penalized_leaves(params, self.skip))
+
+    def reference_grad(self, params):
+        return _penalty_grad(params, self.skip, lambda w: self.scale * np.sign(w))
+
+    def kinks(self, params) -> float:
+        """|w| has its kink at w = 0: the smallest |w| over the penalized leaves."""
+        return min(
+            (float(np.min(np.abs(w), initial=np.inf)) for w in _penalized_leaves(params, self.skip)),
+            default=np.inf,
+        )
+
+
+def penalty_reference(regularizer: Any) -> tuple[Callable, Callable]:
+    """``(penalty, penalty_grad)`` in NumPy for a regularizer with a reference."""
+    if not (hasattr(regularizer, "reference") and hasattr(regularizer, "reference_grad")):
+        raise MissingReferenceError(
+            getattr(regularizer, "__name__", type(regularizer).__name__),
+            "has no reference; use L2Penalty(scale) or L1Penalty(scale), or give an object "
+            "with reference(params) and reference_grad(params) methods",
+        )
+    return regularizer.reference, regularizer.reference_grad
 
 
 __all__ = [
     "OUTPUT_UNITS",
+    "L1Penalty",
+    "L2Penalty",
+    "LossReference",
     "OutputUnit",
     "binary_cross_entropy",
     "gaussian_nll",
     "l1_penalty",
     "l2_penalty",
+    "loss_reference",
     "mean_squared_error",
     "multiclass_hinge",
+    "penalty_reference",
     "softmax_cross_entropy",
     "split_gaussian",
 ]

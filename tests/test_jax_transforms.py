@@ -10,6 +10,7 @@ import numpy as np
 import optax
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import networks
 
 import purenet as pn
 
@@ -62,65 +63,8 @@ def test_grad_of_the_input(key):
     assert g.shape == (2, 6) and bool(jnp.all(jnp.isfinite(g)))
 
 
-UNITS = [
-    pn.ReLU,
-    pn.AbsRect,
-    pn.LeakyReLU,
-    pn.PReLU,
-    lambda: pn.PReLU(shared=True),
-    pn.Sigmoid,
-    pn.Tanh,
-    pn.Softplus,
-    pn.HardTanh,
-    pn.Cos,
-    pn.Identity,
-]
-
-
-@st.composite
-def architectures(draw, depth=0):
-    """A random layer built from every layer and combinator."""
-    width = draw(st.integers(1, 16))
-    leaves = [
-        lambda: pn.Dense(width),
-        lambda: pn.LowRankDense(width, draw(st.integers(1, 4))),
-        lambda: pn.Maxout(width, draw(st.integers(1, 4))),
-        lambda: pn.RBF(width),
-        lambda: draw(st.sampled_from(UNITS))(),
-        lambda: pn.Dropout(0.1),
-    ]
-    if depth >= 2:
-        return draw(st.sampled_from(leaves))()
-    kind = draw(st.sampled_from(["leaf", "serial", "residual", "dense_block", "repeat", "branches"]))
-    if kind == "leaf":
-        return draw(st.sampled_from(leaves))()
-    children = lambda: [draw(architectures(depth + 1)) for _ in range(draw(st.integers(1, 3)))]  # noqa: E731
-    if kind == "serial":
-        return pn.serial(*children())
-    if kind == "residual":
-        return pn.residual(pn.serial(*children()))
-    if kind == "dense_block":
-        return pn.dense_block(*children())
-    if kind == "repeat":
-        block = pn.serial(pn.Dense(width), draw(st.sampled_from(UNITS))())
-        return pn.serial(pn.Dense(width), pn.repeat(block, draw(st.integers(1, 3))))
-    join = draw(
-        st.sampled_from(
-            [
-                pn.fan_in_concat,
-                lambda: pn.serial(pn.parallel(pn.Dense(width), pn.Dense(width)), pn.fan_in_sum()),
-            ]
-        )
-    )
-    if join is pn.fan_in_concat:
-        return pn.serial(
-            pn.fan_out(2), pn.parallel(pn.serial(*children()), pn.serial(*children())), pn.fan_in_concat()
-        )
-    return pn.serial(pn.fan_out(2), join())
-
-
 @settings(max_examples=25, deadline=None)
-@given(architectures(), st.integers(1, 8), st.integers(1, 5))
+@given(networks(), st.integers(1, 8), st.integers(1, 5))
 def test_inferred_shape_matches_apply(model, width, batch):
     out_shape, params = model.init(jax.random.PRNGKey(0), (-1, width))
     y = model.apply(params, jnp.ones((batch, width)))

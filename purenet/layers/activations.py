@@ -15,6 +15,13 @@ derivative follows this; ``jnp.clip`` would give 1/2 at the kinks.
 Sigmoid and tanh saturate, so the weights before them are best drawn with
 Glorot's scaling (Glorot and Bengio 2010); ``serial`` hands that to the
 layer in front of them.
+
+Hand-derived backward: for h = f(z) applied entrywise, dJ/dz = dJ/dh * f'(z)
+(the book's g <- g * f'(a) of Algorithm 6.4), with
+
+    sigma'(z) = sigma(z) (1 - sigma(z))     tanh'(z) = 1 - tanh(z)^2
+    zeta'(z)  = sigma(z)                    cos'(z)  = -sin(z)
+    HardTanh'(z) = [|z| < 1]                Identity'(z) = 1
 """
 
 from __future__ import annotations
@@ -23,18 +30,37 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purenet.core import Initializer, Layer, check_input, check_no_params, feature_width
 
 glorot_normal = jax.nn.initializers.glorot_normal()
+NpUnary = Callable[[np.ndarray], np.ndarray]
 
 
 def elementwise(
-    name: str, fn: Callable[[jax.Array], jax.Array], preferred_init: Initializer | None = None
+    name: str,
+    fn: Callable[[jax.Array], jax.Array],
+    preferred_init: Initializer | None = None,
+    *,
+    np_fn: NpUnary | None = None,
+    np_derivative: NpUnary | None = None,
+    kink_distance: NpUnary | None = None,
 ) -> Layer:
     """A parameter-free layer applying ``fn`` to every entry of its input.
 
-    Use it for a unit of your own: ``elementwise("Swish", lambda z: z * jax.nn.sigmoid(z))``.
+    Use it for a unit of your own:
+    ``elementwise("Swish", lambda z: z * jax.nn.sigmoid(z), np_fn=..., np_derivative=...)``.
+
+    Args:
+      name: how errors and summaries name the unit.
+      fn: the unit in ``jax.numpy``.
+      preferred_init: the weight initializer the unit wants before it.
+      np_fn, np_derivative: the unit f and its hand-derived derivative f' in
+        NumPy; given both, the layer has a reference, with
+        ``bprop(params, z, g) = ((), g * f'(z))``.
+      kink_distance: for a unit with kinks, the entrywise distance of z to
+        the nearest kink (``np.abs`` for the rectifiers).
     """
 
     def init(key, input_shape):
@@ -45,7 +71,13 @@ def elementwise(
         check_no_params(name, params)
         return fn(check_input(name, x))
 
-    return Layer(init, apply, name=name, preferred_init=preferred_init)
+    reference = {}
+    if np_fn is not None and np_derivative is not None:
+        reference["np_apply"] = lambda params, z: np_fn(z)
+        reference["bprop"] = lambda params, z, g: ((), g * np_derivative(z))
+    if kink_distance is not None:
+        reference["kinks"] = lambda params, z: float(np.min(kink_distance(z), initial=np.inf))
+    return Layer(init, apply, name=name, preferred_init=preferred_init, **reference)
 
 
 def hard_tanh(z: jax.Array) -> jax.Array:
@@ -53,34 +85,76 @@ def hard_tanh(z: jax.Array) -> jax.Array:
     return jnp.where(jnp.abs(z) < 1, z, jnp.sign(z))
 
 
+def np_sigmoid(z: np.ndarray) -> np.ndarray:
+    """sigma(z) = 1 / (1 + e^-z), as e^z / (1 + e^z) for z < 0.
+
+    Each branch exponentiates a non-positive number, so nothing overflows,
+    and sigma keeps full relative precision far into the negative tail
+    (sigma(-40) ~ 4e-18), where (1 + tanh(z / 2)) / 2 would round to 0.
+    """
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def np_softplus(z: np.ndarray) -> np.ndarray:
+    """zeta(z) = log(1 + exp(z)) = logaddexp(0, z), without overflow."""
+    return np.logaddexp(0.0, z)
+
+
 def Sigmoid() -> Layer:
     """The logistic sigmoid unit."""
-    return elementwise("Sigmoid", jax.nn.sigmoid, glorot_normal)
+    return elementwise(
+        "Sigmoid",
+        jax.nn.sigmoid,
+        glorot_normal,
+        np_fn=np_sigmoid,
+        np_derivative=lambda z: np_sigmoid(z) * (1.0 - np_sigmoid(z)),
+    )
 
 
 def Tanh() -> Layer:
     """The hyperbolic tangent unit."""
-    return elementwise("Tanh", jnp.tanh, glorot_normal)
+    return elementwise(
+        "Tanh", jnp.tanh, glorot_normal, np_fn=np.tanh, np_derivative=lambda z: 1.0 - np.tanh(z) ** 2
+    )
 
 
 def Softplus() -> Layer:
     """The softplus unit, log(1 + exp(z)), computed without overflow."""
-    return elementwise("Softplus", jax.nn.softplus)
+    return elementwise("Softplus", jax.nn.softplus, np_fn=np_softplus, np_derivative=np_sigmoid)
 
 
 def HardTanh() -> Layer:
     """The hard tanh unit, max(-1, min(1, z)); derivative 0 at z = +-1."""
-    return elementwise("HardTanh", hard_tanh, glorot_normal)
+    return elementwise(
+        "HardTanh",
+        hard_tanh,
+        glorot_normal,
+        np_fn=lambda z: np.where(np.abs(z) < 1, z, np.sign(z)),
+        np_derivative=lambda z: (np.abs(z) < 1).astype(z.dtype),
+        kink_distance=lambda z: np.abs(np.abs(z) - 1.0),
+    )
 
 
 def Cos() -> Layer:
     """The cosine unit: ``serial(Dense(n), Cos())`` is the book's h = cos(Wx + b)."""
-    return elementwise("Cos", jnp.cos)
+    return elementwise("Cos", jnp.cos, np_fn=np.cos, np_derivative=lambda z: -np.sin(z))
 
 
 def Identity() -> Layer:
     """The identity: returns its input unchanged."""
-    return elementwise("Identity", lambda z: z)
+    return elementwise("Identity", lambda z: z, np_fn=lambda z: z, np_derivative=np.ones_like)
 
 
-__all__ = ["Cos", "HardTanh", "Identity", "Sigmoid", "Softplus", "Tanh", "elementwise", "hard_tanh"]
+__all__ = [
+    "Cos",
+    "HardTanh",
+    "Identity",
+    "Sigmoid",
+    "Softplus",
+    "Tanh",
+    "elementwise",
+    "hard_tanh",
+    "np_sigmoid",
+    "np_softplus",
+]

@@ -8,11 +8,23 @@ Parameter layouts (public and stable):
 A weight initializer left as ``None`` is the library default, He normal
 (He et al. 2015), which ``serial`` swaps for the unit that follows the layer
 when that unit prefers another (Glorot for sigmoid and tanh).
+
+Hand-derived backward (the book's eqs. 6.45-6.46 in batched, row-vector form).
+With y = x w + b for a batch of rows and G = dJ/dy:
+
+    dJ/dw = x^T G          (sum over the batch of outer products x_b G_b^T)
+    dJ/db = sum_b G_b
+    dJ/dx = G w^T
+
+and for y = (x u) v + b, with h = x u and G_h = G v^T:
+
+    dJ/dv = h^T G,   dJ/du = x^T G_h,   dJ/db = sum_b G_b,   dJ/dx = G_h u^T
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 from purenet.core import (
     Initializer,
@@ -21,6 +33,7 @@ from purenet.core import (
     check_params,
     feature_width,
     require_positive_int,
+    sum_to_shape,
     with_width,
 )
 
@@ -64,7 +77,26 @@ def Dense(
     def rebuilt(initializer):
         return Dense(units, initializer, b_init)
 
-    return Layer(init, apply, name=name, with_init=rebuilt if w_init is None else None)
+    return Layer(
+        init,
+        apply,
+        bprop=dense_bprop,
+        name=name,
+        with_init=rebuilt if w_init is None else None,
+        np_apply=dense_np_apply,
+    )
+
+
+def dense_np_apply(params, x: np.ndarray) -> np.ndarray:
+    """y = x w + b in NumPy."""
+    return x @ params["w"] + params["b"]
+
+
+def dense_bprop(params, x: np.ndarray, g: np.ndarray):
+    """dJ/dw = x^T G, dJ/db = sum_b G, dJ/dx = G w^T (module docstring)."""
+    w = params["w"]
+    rows_x, rows_g = x.reshape(-1, w.shape[0]), g.reshape(-1, w.shape[1])
+    return {"w": rows_x.T @ rows_g, "b": sum_to_shape(g, (w.shape[1],))}, g @ w.T
 
 
 def LowRankDense(
@@ -116,7 +148,29 @@ def LowRankDense(
     def rebuilt(initializer):
         return LowRankDense(units, rank, initializer, v_init, b_init)
 
-    return Layer(init, apply, name=name, with_init=rebuilt if u_init is None else None)
+    return Layer(
+        init,
+        apply,
+        bprop=low_rank_bprop,
+        name=name,
+        with_init=rebuilt if u_init is None else None,
+        np_apply=low_rank_np_apply,
+    )
+
+
+def low_rank_np_apply(params, x: np.ndarray) -> np.ndarray:
+    """y = (x u) v + b in NumPy."""
+    return (x @ params["u"]) @ params["v"] + params["b"]
+
+
+def low_rank_bprop(params, x: np.ndarray, g: np.ndarray):
+    """With h = x u and G_h = G v^T: dJ/dv = h^T G, dJ/du = x^T G_h, dJ/dx = G_h u^T."""
+    u, v = params["u"], params["v"]
+    h = x @ u
+    g_h = g @ v.T
+    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    grads = {"u": rows(x).T @ rows(g_h), "v": rows(h).T @ rows(g), "b": sum_to_shape(g, (v.shape[1],))}
+    return grads, g_h @ u.T
 
 
 __all__ = ["Dense", "LowRankDense"]

@@ -10,12 +10,21 @@ maximal piece (lowest k) is selected, and the whole gradient flows through it.
 A plain ``jnp.max`` would split the gradient evenly between tied pieces, so
 ``apply`` selects the piece explicitly with ``argmax``, which returns the
 first maximum.
+
+Hand-derived backward.  Let k*(b, i) be the selected piece and
+S[b, i, k] = [k = k*(b, i)] its one-hot indicator; with G = dJ/dh, the
+gradient reaches z only through the selected piece, dJ/dz = S G[..., None], so
+
+    dJ/dw[j, i, k] = sum_b x[b, j] S[b, i, k] G[b, i]
+    dJ/db[i, k]    = sum_b S[b, i, k] G[b, i]
+    dJ/dx[b, j]    = sum_{i,k} w[j, i, k] S[b, i, k] G[b, i]
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purenet.core import (
     Initializer,
@@ -24,6 +33,7 @@ from purenet.core import (
     check_params,
     feature_width,
     require_positive_int,
+    sum_to_shape,
     with_width,
 )
 
@@ -73,7 +83,36 @@ def Maxout(
         return jnp.take_along_axis(z, first_max, axis=-1)[..., 0]
 
     # A maxout layer is its own unit, so ``serial`` never swaps its initializer.
-    return Layer(init, apply, name=name)
+    return Layer(init, apply, bprop=maxout_bprop, name=name, np_apply=maxout_np_apply, kinks=maxout_kinks)
+
+
+def _pieces(params, x: np.ndarray) -> np.ndarray:
+    return np.einsum("...j,jik->...ik", x, params["w"]) + params["b"]
+
+
+def maxout_np_apply(params, x: np.ndarray) -> np.ndarray:
+    """h_i = max_k z_ik in NumPy."""
+    return _pieces(params, x).max(axis=-1)
+
+
+def maxout_bprop(params, x: np.ndarray, g: np.ndarray):
+    """The gradient flows through the first maximal piece only (module docstring)."""
+    z = _pieces(params, x)
+    selected = np.argmax(z, axis=-1)  # NumPy's argmax also returns the first maximum
+    g_z = (np.arange(z.shape[-1]) == selected[..., None]) * g[..., None]
+    rows = g_z.reshape(-1, *z.shape[-2:])
+    g_w = np.einsum("bj,bik->jik", x.reshape(-1, x.shape[-1]), rows)
+    g_x = np.einsum("...ik,jik->...j", g_z, params["w"])
+    return {"w": g_w, "b": sum_to_shape(g_z, z.shape[-2:])}, g_x
+
+
+def maxout_kinks(params, x: np.ndarray) -> float:
+    """The smallest gap between a unit's top two pieces (a tie is the kink)."""
+    z = _pieces(params, x)
+    if z.shape[-1] < 2 or z.size == 0:
+        return np.inf
+    top_two = np.sort(z, axis=-1)[..., -2:]
+    return float(np.min(top_two[..., 1] - top_two[..., 0]))
 
 
 __all__ = ["Maxout"]

@@ -6,12 +6,20 @@ Parameter layout (public and stable): ``{"w": (d, n), "sigma": (n,)}``: the
 centres are the columns of ``w``, as the book writes W_{:,i}, and the widths
 are learned.  Only sigma^2 enters, so the sign of sigma is immaterial; a sigma
 of zero divides by zero.
+
+Hand-derived backward.  With D_i = ||x - w_i||^2, h_i = exp(-D_i / s_i^2),
+G = dJ/dh and P_i = G_i h_i / s_i^2 (= -dJ/dD_i):
+
+    dJ/dx     = -2 sum_i P_i (x - w_i)  = -2 (x sum_i P_i - P w^T)
+    dJ/dw_i   =  2 sum_b P_bi (x_b - w_i) = 2 ((x^T P)_i - w_i sum_b P_bi)
+    dJ/ds_i   =  2 sum_b P_bi D_bi / s_i
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purenet.core import (
     Initializer,
@@ -72,7 +80,29 @@ def RBF(
         check_params(name, params, {"w": (x.shape[-1], units), "sigma": (units,)}, x.shape[-1])
         return jnp.exp(-squared_distances(x, params["w"]) / jnp.square(params["sigma"]))
 
-    return Layer(init, apply, name=name)
+    return Layer(init, apply, bprop=rbf_bprop, name=name, np_apply=rbf_np_apply)
+
+
+def _np_squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """D[..., i] = ||x - centres[:, i]||^2, formed directly (no expansion) for the reference."""
+    return np.sum(np.square(x[..., :, None] - centres), axis=-2)
+
+
+def rbf_np_apply(params, x: np.ndarray) -> np.ndarray:
+    """h_i = exp(-||x - w_i||^2 / s_i^2) in NumPy."""
+    return np.exp(-_np_squared_distances(x, params["w"]) / np.square(params["sigma"]))
+
+
+def rbf_bprop(params, x: np.ndarray, g: np.ndarray):
+    """The three gradients of the module docstring, through P = G h / s^2."""
+    w, sigma = params["w"], params["sigma"]
+    distances = _np_squared_distances(x, w)
+    p = g * np.exp(-distances / np.square(sigma)) / np.square(sigma)
+    rows_x, rows_p = x.reshape(-1, w.shape[0]), p.reshape(-1, w.shape[1])
+    g_x = -2.0 * (x * p.sum(axis=-1, keepdims=True) - p @ w.T)
+    g_w = 2.0 * (rows_x.T @ rows_p - w * rows_p.sum(axis=0))
+    g_sigma = 2.0 * np.sum((p * distances).reshape(-1, w.shape[1]), axis=0) / sigma
+    return {"w": g_w, "sigma": g_sigma}, g_x
 
 
 __all__ = ["RBF", "squared_distances"]

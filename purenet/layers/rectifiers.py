@@ -16,12 +16,18 @@ LeakyReLU'(0) = 0.01), and the derivative with respect to alpha is
 min(0, z) = 0.  ``apply`` writes g as ``where(z > 0, z, alpha * z)`` so that
 JAX's derivative follows this convention exactly; ``jnp.maximum`` would split
 ties and give 1/2 at z = 0.
+
+Hand-derived backward, with G = dJ/dh and the convention above:
+
+    dJ/dz     = G * ([z > 0] + alpha [z <= 0])
+    dJ/dalpha = sum over the batch (and, if shared, the features) of G * z [z <= 0]
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purenet.core import (
     Initializer,
@@ -29,6 +35,7 @@ from purenet.core import (
     check_input,
     check_params,
     feature_width,
+    sum_to_shape,
 )
 from purenet.layers.activations import elementwise
 
@@ -40,8 +47,25 @@ def rectify(z: jax.Array, alpha: jax.Array | float) -> jax.Array:
     return jnp.where(z > 0, z, alpha * z)
 
 
+def np_rectify(z: np.ndarray, alpha) -> np.ndarray:
+    """g(z, alpha) in NumPy."""
+    return np.where(z > 0, z, alpha * z)
+
+
+def np_rectify_slope(z: np.ndarray, alpha) -> np.ndarray:
+    """dg/dz = 1 for z > 0, alpha for z <= 0 (the convention at the kink)."""
+    return np.where(z > 0, 1.0, alpha)
+
+
 def _fixed_slope(name: str, alpha: float) -> Layer:
-    return elementwise(name, lambda z: rectify(z, alpha), he_normal)
+    return elementwise(
+        name,
+        lambda z: rectify(z, alpha),
+        he_normal,
+        np_fn=lambda z: np_rectify(z, alpha),
+        np_derivative=lambda z: np_rectify_slope(z, alpha),
+        kink_distance=np.abs,
+    )
 
 
 def ReLU() -> Layer:
@@ -87,7 +111,22 @@ def PReLU(
         check_params(name, params, {"alpha": alpha_shape(x.shape[-1])}, x.shape[-1])
         return rectify(x, params["alpha"])
 
-    return Layer(init, apply, name=name, preferred_init=he_normal)
+    return Layer(
+        init,
+        apply,
+        bprop=prelu_bprop,
+        name=name,
+        preferred_init=he_normal,
+        np_apply=lambda params, z: np_rectify(z, params["alpha"]),
+        kinks=lambda params, z: float(np.min(np.abs(z), initial=np.inf)),
+    )
 
 
-__all__ = ["AbsRect", "LeakyReLU", "PReLU", "ReLU", "rectify"]
+def prelu_bprop(params, z: np.ndarray, g: np.ndarray):
+    """dJ/dz = G g'(z); dJ/dalpha sums G * min(0, z) down to alpha's shape (module docstring)."""
+    alpha = params["alpha"]
+    g_alpha = sum_to_shape(g * np.where(z > 0, 0.0, z), np.shape(alpha))
+    return {"alpha": g_alpha}, g * np_rectify_slope(z, alpha)
+
+
+__all__ = ["AbsRect", "LeakyReLU", "PReLU", "ReLU", "np_rectify", "np_rectify_slope", "rectify"]

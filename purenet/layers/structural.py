@@ -1,4 +1,10 @@
-"""Layers that reshape or regularize without parameters: Flatten and Dropout."""
+"""Layers that reshape or regularize without parameters: Flatten and Dropout.
+
+Hand-derived backward: Flatten reshapes dJ/dy back to the input's shape;
+Dropout's reference is its evaluation-mode forward, the identity, so its
+backward passes dJ/dy through unchanged (gradient checks run with
+``train=False``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purenet.core import (
     ConfigError,
@@ -35,7 +42,13 @@ def Flatten() -> Layer:
         x = check_input(name, x, min_rank=2)
         return jnp.reshape(x, (x.shape[0], -1))
 
-    return Layer(init, apply, name=name)
+    return Layer(
+        init,
+        apply,
+        bprop=lambda params, x, g: ((), np.reshape(g, np.shape(x))),
+        name=name,
+        np_apply=lambda params, x: np.reshape(x, (x.shape[0], -1)),
+    )
 
 
 def Dropout(rate: float) -> Layer:
@@ -69,7 +82,13 @@ def Dropout(rate: float) -> Layer:
         keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
-    return Layer(init, apply, name=name)
+    return Layer(
+        init,
+        apply,
+        bprop=lambda params, x, g: ((), g),
+        name=name,
+        np_apply=lambda params, x: x,
+    )
 
 
 __all__ = ["Dropout", "Flatten"]
