@@ -476,8 +476,9 @@ def check_gradients(
       reference_rtol: tolerance of the reference against JAX, relative to
         the leaf's scale.
       rtol: tolerance of finite differences against either, relative.
-      atol: absolute floor of both, times max(1, |J|) (a tenth of a
-        thousandth of it for the reference), for leaves whose gradient is ~0.
+      atol: absolute floor of the FD comparisons, times max(1, |J|), for
+        leaves whose gradient is ~0; the reference comparison uses 1e-4 of
+        it, since the reference and JAX differ only by rounding.
       eps: the finite-difference step h.
       max_coordinates: leaves with at most this many entries are probed
         coordinate by coordinate; larger ones along ``directions`` random

@@ -267,17 +267,16 @@ def kink_margin(model: Layer, params: Params, x: Any) -> float:
 # --------------------------------------------------------------------------
 
 
-def _mlp_layers(model: Layer, params: Params) -> list[tuple[Mapping, Layer | None]]:
-    """Pair each Dense layer of a plain MLP with the unit after it (None for a linear output)."""
+def _mlp_units(model: Layer, params: Params) -> list[Layer | None]:
+    """Check that the model is serial(Dense, unit, ..., Dense[, unit]); the unit after each Dense."""
     layers = model.children
     if not layers or model.name != "serial":
         raise MissingReferenceError(
             model.name, "Algorithm 6.4 needs serial(Dense, unit, Dense, unit, ..., Dense[, unit])"
         )
     params = check_sequence_params(model.name, params, len(layers))
-    pairs: list[tuple[Mapping, Layer | None]] = []
-    i = 0
-    while i < len(layers):
+    units: list[Layer | None] = []
+    for i in range(0, len(layers), 2):
         p = params[i]
         if not (isinstance(p, Mapping) and set(p) == {"w", "b"} and np.ndim(p["w"]) == 2):
             raise ParamsError(
@@ -290,9 +289,8 @@ def _mlp_layers(model: Layer, params: Params) -> list[tuple[Mapping, Layer | Non
             raise MissingReferenceError(
                 unit.name, f"Algorithm 6.4 expects a parameter-free unit with a reference at params[{i + 1}]"
             )
-        pairs.append((p, unit))
-        i += 2
-    return pairs
+        units.append(unit)
+    return units
 
 
 def textbook_mlp_gradient(
@@ -319,9 +317,9 @@ def textbook_mlp_gradient(
     """
     from purenet.losses import loss_reference, penalty_reference
 
-    pairs = _mlp_layers(model, params)
+    units = _mlp_units(model, params)
     params, x, targets = as_float64(params), as_float64(x), as_float64(targets)
-    pairs = [(p, unit) for (_, unit), p in zip(pairs, params[::2])]
+    pairs = list(zip(params[::2], units))  # (the Dense params, the unit after them)
     # Algorithm 6.3: the forward pass, keeping a(k) and h(k).
     h = [x]
     a = []
