@@ -376,7 +376,8 @@ def _three_way(
 
     Args:
       scalar: ``args -> (value, outputs)`` in JAX.
-      reference: ``(gradient tree like args, reference outputs)``, or None.
+      reference: ``(gradient tree like args, reference outputs)``, or None;
+        the outputs may be None where there is no reference forward.
     """
     leaves = jax.tree_util.tree_leaves(args)
     rng = np.random.default_rng(tol.seed)
@@ -394,7 +395,8 @@ def _three_way(
                 f"the reference gradient has leaves of shapes {[g.shape for g in ref_leaves]}, "
                 f"expected {shapes} like ({', '.join(names)})",
             )
-        forward_error = _relative_difference(ref_outputs, jax_side.outputs)
+        if ref_outputs is not None:
+            forward_error = _relative_difference(ref_outputs, jax_side.outputs)
     atol = tol.atol * max(1.0, abs(jax_side.value))
     checks = tuple(
         _compare_leaf(name, g_jax, g_ref, fd, probe, atol, tol)
@@ -577,8 +579,9 @@ def check_layer(
             shape = jax.tree_util.tree_map(np.shape, x64)
             params = layer.init(jax.random.PRNGKey(seed), shape)[1]
         params64 = as_float64(params)
-        outputs = layer.apply(params64, x64)
-        g_out = jax.tree_util.tree_map(lambda y: rng.standard_normal(np.shape(y)), outputs)
+        # Only the output's shapes are needed here; the compiled check runs the forward.
+        outputs = jax.eval_shape(layer.apply, params64, x64)
+        g_out = jax.tree_util.tree_map(lambda y: rng.standard_normal(y.shape), outputs)
 
         def scalar(args):
             p, inputs = args
@@ -586,13 +589,11 @@ def check_layer(
             products = jax.tree_util.tree_map(lambda y_i, g_i: jnp.sum(y_i * g_i), y, g_out)
             return sum(jax.tree_util.tree_leaves(products)), y
 
-        ref_outputs = outputs if np_apply is None else np_apply(params64, x64)
+        ref_outputs = None if np_apply is None else np_apply(params64, x64)
         reference_side = (tuple(bprop(params64, x64, g_out)), ref_outputs)
         margin = np.inf if layer.kinks is None else float(layer.kinks(params64, x64))
         names = _leaf_names(params64, "params") + _leaf_names(x64, "x")
         report = _three_way(subject, scalar, (params64, x64), names, reference_side, margin, tol)
-        if np_apply is None:
-            report = dataclasses.replace(report, forward_error=None)
     return _finish(report, raise_on_failure)
 
 

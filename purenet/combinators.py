@@ -51,6 +51,7 @@ from purenet.core import (
     split_key,
     with_width,
 )
+from purenet.layers.dense import matmul_bprop
 from purenet.reference import Graph, Node, chain, graph_reference
 
 
@@ -335,9 +336,8 @@ def residual(block: Layer, proj_init=jax.nn.initializers.lecun_normal()) -> Laye
 
 
 def _projection_bprop(params, x, g):
-    w = params["w"]
-    rows_x, rows_g = x.reshape(-1, w.shape[0]), g.reshape(-1, w.shape[1])
-    return {"w": rows_x.T @ rows_g}, g @ w.T
+    g_w, g_x = matmul_bprop(x, params["w"], g)
+    return {"w": g_w}, g_x
 
 
 _PROJECTION = Layer(

@@ -92,11 +92,16 @@ def dense_np_apply(params, x: np.ndarray) -> np.ndarray:
     return x @ params["w"] + params["b"]
 
 
+def matmul_bprop(x: np.ndarray, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For y = x w over a batch of rows: (dJ/dw, dJ/dx) = (x^T G, G w^T), leading axes summed."""
+    rows_x, rows_g = x.reshape(-1, w.shape[0]), g.reshape(-1, w.shape[1])
+    return rows_x.T @ rows_g, g @ w.T
+
+
 def dense_bprop(params, x: np.ndarray, g: np.ndarray):
     """dJ/dw = x^T G, dJ/db = sum_b G, dJ/dx = G w^T (module docstring)."""
-    w = params["w"]
-    rows_x, rows_g = x.reshape(-1, w.shape[0]), g.reshape(-1, w.shape[1])
-    return {"w": rows_x.T @ rows_g, "b": sum_to_shape(g, (w.shape[1],))}, g @ w.T
+    g_w, g_x = matmul_bprop(x, params["w"], g)
+    return {"w": g_w, "b": sum_to_shape(g, np.shape(params["b"]))}, g_x
 
 
 def LowRankDense(
@@ -166,11 +171,9 @@ def low_rank_np_apply(params, x: np.ndarray) -> np.ndarray:
 def low_rank_bprop(params, x: np.ndarray, g: np.ndarray):
     """With h = x u and G_h = G v^T: dJ/dv = h^T G, dJ/du = x^T G_h, dJ/dx = G_h u^T."""
     u, v = params["u"], params["v"]
-    h = x @ u
-    g_h = g @ v.T
-    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
-    grads = {"u": rows(x).T @ rows(g_h), "v": rows(h).T @ rows(g), "b": sum_to_shape(g, (v.shape[1],))}
-    return grads, g_h @ u.T
+    g_v, g_h = matmul_bprop(x @ u, v, g)
+    g_u, g_x = matmul_bprop(x, u, g_h)
+    return {"u": g_u, "v": g_v, "b": sum_to_shape(g, np.shape(params["b"]))}, g_x
 
 
-__all__ = ["Dense", "LowRankDense"]
+__all__ = ["Dense", "LowRankDense", "matmul_bprop"]
