@@ -32,34 +32,12 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import purenet as pn  # noqa: E402
-
-
-def machine() -> str:
-    """The CPU model (from /proc/cpuinfo where there is one) and the core count."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, run pinned to one"
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation, for the JAX contenders)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from common import machine, median_seconds  # noqa: E402
 
 
 def jax_grad_fn(model, params, x, y, dtype):
@@ -98,7 +76,7 @@ def main(argv=None) -> dict:
     count = pn.count_params(params)
     record = {
         "date": datetime.date.today().isoformat(),
-        "machine": machine(),
+        "machine": machine("run pinned to one"),
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__},
         "model": f"MLP 784-1024-256-10 ReLU, {count:,} params, batch {args.batch}",
         "median_seconds": figures,

@@ -495,14 +495,22 @@ class _LanczosState(NamedTuple):
     converged: jax.Array
 
 
-def _orthogonalize(basis: jax.Array, w: jax.Array) -> jax.Array:
-    # Classical Gram-Schmidt twice ("twice is enough", Giraud et al. 2005); zero rows do nothing.
-    w = w - basis.T @ (basis @ w)
-    return w - basis.T @ (basis @ w)
+def _orthogonalize(basis: jax.Array, vectors: jax.Array) -> jax.Array:
+    """Project the rows of ``vectors`` off the rows of ``basis`` (zero rows do nothing): one Gram-Schmidt pass.
+
+    The rows go together so that the pass reads the basis, the loop's
+    largest buffer, once for all of them: on a CPU that read is the cost.
+    """
+    return vectors - (basis.T @ (basis @ vectors.T)).T
 
 
 def _lanczos_step(matvec: Callable, key: jax.Array, state: _LanczosState) -> _LanczosState:
-    """One step of Lanczos with full reorthogonalization; restarts on breakdown."""
+    """One step of Lanczos with full reorthogonalization; restarts on breakdown.
+
+    The three-term recurrence removes the large components along q_j and
+    q_{j-1} first, so that one full Gram-Schmidt pass over the basis then
+    keeps it orthogonal to working precision (Golub and Van Loan, 10.3.1).
+    """
     j = state.step
     q = state.basis[j]
     w = matvec(q)
@@ -510,13 +518,15 @@ def _lanczos_step(matvec: Callable, key: jax.Array, state: _LanczosState) -> _La
     w = jnp.where(finite, w, 0.0)
     alpha = jnp.vdot(q, w)
     norm = jnp.maximum(state.norm, jnp.linalg.norm(w))
-    w = _orthogonalize(state.basis, w)
-    beta = jnp.linalg.norm(w)
+    previous_beta = jnp.where(j > 0, state.betas[j - 1], 0.0)
+    w = w - alpha * q - previous_beta * state.basis[j - 1]
     # Breakdown: the Krylov space is invariant.  T is then block diagonal, and
     # a fresh direction orthogonal to the basis starts the next block.
+    fresh = jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype)
+    w, fresh = _orthogonalize(state.basis, jnp.stack([w, fresh]))
+    beta = jnp.linalg.norm(w)
     tiny = jnp.finfo(w.dtype).tiny
     broke = beta <= 10 * jnp.finfo(w.dtype).eps * jnp.maximum(norm, tiny)
-    fresh = _orthogonalize(state.basis, jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype))
     fresh = fresh / jnp.maximum(jnp.linalg.norm(fresh), tiny)
     next_q = jnp.where(broke, fresh, w / jnp.maximum(beta, tiny))
     return state._replace(
@@ -526,6 +536,24 @@ def _lanczos_step(matvec: Callable, key: jax.Array, state: _LanczosState) -> _La
         step=j + 1,
         norm=norm,
         finite=finite,
+    )
+
+
+def _initial_state(start: jax.Array, capacity: int) -> _LanczosState:
+    basis = jnp.zeros((capacity + 1, start.size), start.dtype).at[0].set(start / jnp.linalg.norm(start))
+    zeros = jnp.zeros(capacity, start.dtype)
+    scalar = jnp.array(0.0, start.dtype)
+    return _LanczosState(basis, zeros, zeros, jnp.array(0), scalar, jnp.array(True), jnp.array(False))
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def _grow(state: _LanczosState, *, capacity: int) -> _LanczosState:
+    """The same state with room for ``capacity`` steps (zero rows and entries appended)."""
+    extra = capacity - state.alphas.shape[0]
+    return state._replace(
+        basis=jnp.pad(state.basis, ((0, extra), (0, 0))),
+        alphas=jnp.pad(state.alphas, (0, extra)),
+        betas=jnp.pad(state.betas, (0, extra)),
     )
 
 
@@ -585,19 +613,15 @@ def _start_vector(where: str, op: CurvatureOperator, v0: Params | None, key: jax
     return start
 
 
-@functools.partial(jax.jit, static_argnames=("k", "largest", "max_iterations"))
-def _lanczos_run(op, start, key, tol, *, k, largest, max_iterations):
+@functools.partial(jax.jit, static_argnames=("k", "largest"))
+def _lanczos_run(op, state, key, tol, *, k, largest):
+    """Continue Lanczos until converged, non-finite, or out of room in ``state``."""
     matvec = op.flat_matvec()
-    m = max_iterations
-    basis = jnp.zeros((m + 1, start.size), start.dtype).at[0].set(start / jnp.linalg.norm(start))
-    zeros = jnp.zeros(m, start.dtype)
-    state = _LanczosState(
-        basis, zeros, zeros, jnp.array(0), jnp.array(0.0, start.dtype), jnp.array(True), jnp.array(False)
-    )
-    floor = jnp.finfo(start.dtype).eps ** (2 / 3)
+    capacity = state.alphas.shape[0]
+    floor = jnp.finfo(state.basis.dtype).eps ** (2 / 3)
 
     def keep_going(state):
-        return (state.step < m) & state.finite & ~state.converged
+        return (state.step < capacity) & state.finite & ~state.converged
 
     def step(state):
         state = _lanczos_step(matvec, key, state)
@@ -605,10 +629,27 @@ def _lanczos_run(op, start, key, tol, *, k, largest, max_iterations):
         scale = jnp.maximum(jnp.abs(values), floor * jnp.max(jnp.abs(values)))
         return state._replace(converged=(state.step >= k) & jnp.all(residuals <= tol * scale))
 
-    state = jax.lax.while_loop(keep_going, step, state)
+    return jax.lax.while_loop(keep_going, step, state)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "largest"))
+def _ritz_pairs(state, *, k, largest):
     values, coordinates, residuals = _ritz(state, k, largest)
-    vectors = coordinates.T @ state.basis[:m]
-    return values, vectors, residuals, state.step, state.converged, state.finite
+    return values, coordinates.T @ state.basis[:-1], residuals
+
+
+def _run_growing(op, state, key, tol, *, k, largest, max_iterations):
+    """Run in a basis that doubles as needed: each step reads the whole basis, so keep it short.
+
+    Each capacity compiles once (and is cached), so there are at most
+    log2(max_iterations) compilations per loss function.
+    """
+    while True:
+        state = _lanczos_run(op, state, key, tol, k=k, largest=largest)
+        capacity = state.alphas.shape[0]
+        if bool(state.converged) or not bool(state.finite) or capacity >= max_iterations:
+            return state
+        state = _grow(state, capacity=min(2 * capacity, max_iterations))
 
 
 def lanczos(
@@ -624,11 +665,12 @@ def lanczos(
     """The k largest (``"top"``) or smallest (``"bottom"``) eigenpairs of a curvature operator.
 
     Lanczos with full reorthogonalization (Golub and Van Loan, section 10.1)
-    as one jit-compiled ``lax.while_loop`` on the device.  It stops once every
+    as jit-compiled ``lax.while_loop``s on the device, in a basis of 16
+    vectors that doubles whenever it fills.  It stops once every
     wanted Ritz pair has residual ||A y - theta y|| = beta_j |s_{j,i}| at most
     ``tol * |theta_i|`` (an error bound on theta_i; the actual error is
     usually the square of it over the spectral gap), or after
-    ``max_iterations`` products.  Memory: (max_iterations + 1) x P numbers.
+    ``max_iterations`` products.  Memory: up to (max_iterations + 1) x P numbers.
 
     Args:
       op: a ``CurvatureOperator``.
@@ -654,28 +696,31 @@ def lanczos(
     key = jax.random.PRNGKey(0) if key is None else key
     start_key, restart_key = jax.random.split(key)
     start = _start_vector("lanczos", op, v0, start_key)
-    values, vectors, residuals, steps, converged, finite = _lanczos_run(
-        op, start, restart_key, tol, k=k, largest=which == "top", max_iterations=max_iterations
-    )
-    if not bool(finite):
+    largest = which == "top"
+    state = _initial_state(start, min(max_iterations, max(2 * k, 16)))
+    state = _run_growing(op, state, restart_key, tol, k=k, largest=largest, max_iterations=max_iterations)
+    if not bool(state.finite):
         raise NonFiniteCurvatureError(
-            "lanczos", f"the {op.kind}-vector product was not finite at step {int(steps)}"
+            "lanczos", f"the {op.kind}-vector product was not finite at step {int(state.step)}"
         )
+    values, vectors, residuals = _ritz_pairs(state, k=k, largest=largest)
     _, unflatten = flatten_params(op.params)
-    return Eigenpairs(values, jax.vmap(unflatten)(vectors), residuals, int(steps), bool(converged))
+    return Eigenpairs(values, jax.vmap(unflatten)(vectors), residuals, int(state.step), bool(state.converged))
 
 
-def _krylov_sizes(where: str, dim: int, k: int, iterations: int | None) -> tuple[int, int]:
+def _krylov_sizes(
+    where: str, dim: int, k: int, iterations: int | None, argument: str = "max_iterations"
+) -> tuple[int, int]:
     k = require_positive_int(where, "k", k)
     if k > dim:
         raise ConfigError(where, f"k must be at most the number of parameters ({dim}), got k={k}")
     if iterations is None:
         return k, min(dim, max(10 * k, 100))
-    iterations = require_positive_int(where, "max_iterations", iterations)
+    iterations = require_positive_int(where, argument, iterations)
     if not k <= iterations <= dim:
         raise ConfigError(
             where,
-            f"max_iterations must lie between k={k} and the number of parameters {dim}, got {iterations}",
+            f"{argument} must lie between k={k} and the number of parameters {dim}, got {iterations}",
         )
     return k, iterations
 
@@ -725,11 +770,7 @@ def _quadrature(op, starts, key, *, steps):
     matvec = op.flat_matvec()
 
     def one_probe(start, probe_key):
-        basis = jnp.zeros((steps + 1, start.size), start.dtype).at[0].set(start / jnp.linalg.norm(start))
-        zeros = jnp.zeros(steps, start.dtype)
-        state = _LanczosState(
-            basis, zeros, zeros, jnp.array(0), jnp.array(0.0, start.dtype), jnp.array(True), jnp.array(False)
-        )
+        state = _initial_state(start, steps)
         state = jax.lax.fori_loop(0, steps, lambda _, s: _lanczos_step(matvec, probe_key, s), state)
         nodes, vectors = jnp.linalg.eigh(_tridiagonal(state.alphas, state.betas, state.step, 0.0))
         return nodes, vectors[0] ** 2, state.finite
@@ -741,7 +782,7 @@ def spectral_density(
     op: CurvatureOperator,
     *,
     num_probes: int = 8,
-    num_iterations: int = 80,
+    num_iterations: int | None = None,
     key: jax.Array | None = None,
 ) -> SpectralDensity:
     """The eigenvalue spectral density of a curvature operator by stochastic Lanczos quadrature.
@@ -753,14 +794,16 @@ def spectral_density(
     Args:
       op: a ``CurvatureOperator``.
       num_probes: independent random start vectors.
-      num_iterations: Lanczos steps per probe, at most P.
+      num_iterations: Lanczos steps per probe, at most P; default min(P, 80).
       key: PRNG key for the probes.
 
     Returns:
       A ``SpectralDensity``; plot it with ``plot_spectral_density``.
     """
     num_probes = require_positive_int("spectral_density", "num_probes", num_probes)
-    _, steps = _krylov_sizes("spectral_density", op.dim, 1, num_iterations)
+    if num_iterations is None:
+        num_iterations = min(op.dim, 80)
+    _, steps = _krylov_sizes("spectral_density", op.dim, 1, num_iterations, "num_iterations")
     key = jax.random.PRNGKey(0) if key is None else key
     probe_key, restart_key = jax.random.split(key)
     flat, _ = flatten_params(op.params)

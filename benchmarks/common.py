@@ -1,0 +1,51 @@
+"""What every benchmark here shares: the machine's description and a median timer."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+
+def machine(note: str = "") -> str:
+    """The CPU model (from /proc/cpuinfo where there is one), the core count and an optional note."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores" + (f", {note}" if note else "")
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmups: int = 1) -> float:
+    """The median wall time of ``fn()`` over ``repeats`` calls after ``warmups`` (compilation) calls.
+
+    ``fn`` must block until its work is done (``jax.block_until_ready``).
+    """
+    for _ in range(warmups):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_medians(thunks: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each thunk, timed round-robin so that drift on a noisy machine hits all alike.
+
+    Each thunk is called once first (compilation), then once per round.
+    """
+    for fn in thunks.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in thunks}
+    for _ in range(repeats):
+        for name, fn in thunks.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(samples) for name, samples in times.items()}
