@@ -30,9 +30,9 @@ import platform
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import interleaved_medians, machine
 
 import purenet as pn
-from common import interleaved_medians, machine
 
 SIZES = {  # name: (input width, hidden widths, outputs, batch)
     "small": (784, (256, 256), 10, 128),
@@ -109,7 +109,12 @@ def main(argv=None) -> dict:
         }
         if "8 batched hvps" in figures:
             ratios["8 batched / 8 single"] = figures["8 batched hvps"] / figures["8 single hvps"]
-        record["sizes"][size] = {"params": count, "repeats": repeats, "median_seconds": figures, "ratios": ratios}
+        record["sizes"][size] = {
+            "params": count,
+            "repeats": repeats,
+            "median_seconds": figures,
+            "ratios": ratios,
+        }
         print(f"\n{size}: {SIZES[size]}, {count:,} params, medians over {repeats}")
         for name, seconds in figures.items():
             print(f"  {name:18s} {seconds * 1e3:10.2f} ms")

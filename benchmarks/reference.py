@@ -35,9 +35,9 @@ import platform  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from common import machine, median_seconds  # noqa: E402
 
 import purenet as pn  # noqa: E402
-from common import machine, median_seconds  # noqa: E402
 
 
 def jax_grad_fn(model, params, x, y, dtype):

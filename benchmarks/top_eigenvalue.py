@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import machine
 
 import purenet as pn
-from common import machine
 
 PYHESSIAN_TOLS = (1e-2, 1e-3, 1e-4, 1e-5)
 PURENET_TOLS = (1e-1, 5e-2, 3e-2, 2e-2, 1e-2, 3e-3, 1e-3, 1e-4)
@@ -81,7 +81,9 @@ def purenet_runs(model, params, x, y, exact: float, repeats: int) -> dict:
     for i, tol in enumerate(PURENET_TOLS):
         samples, errors, products = [], [], []
         for seed in range(repeats + (i == 0)):  # the very first call compiles: timed apart
-            result, seconds = timed(lambda seed=seed, tol=tol: pn.lanczos(op, 1, tol=tol, key=jax.random.PRNGKey(seed)))
+            result, seconds = timed(
+                lambda seed=seed, tol=tol: pn.lanczos(op, 1, tol=tol, key=jax.random.PRNGKey(seed))
+            )
             if i == 0 and seed == 0:
                 runs["compile_and_first_run_s"] = seconds
                 continue
@@ -98,7 +100,11 @@ def pyhessian_runs(model, params, x, y, exact: float, repeats: int) -> dict:
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+        torch.nn.Linear(64, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 10),
     )
     with torch.no_grad():
         for linear, layer_params in zip([net[0], net[2], net[4]], [params[0], params[2], params[4]]):
@@ -156,7 +162,9 @@ def main(argv=None) -> dict:
     comparisons = []
     for tol in PYHESSIAN_TOLS:
         target = theirs[tol]
-        good_enough = [run for key, run in ours.items() if key in PURENET_TOLS and run["error"] <= target["error"]]
+        good_enough = [
+            run for key, run in ours.items() if key in PURENET_TOLS and run["error"] <= target["error"]
+        ]
         best = min(good_enough, key=lambda run: run["seconds"]) if good_enough else None
         comparisons.append(
             {
@@ -181,13 +189,19 @@ def main(argv=None) -> dict:
         "exact_top_eigenvalue": exact,
         "purenet": {str(k): v for k, v in ours.items()},
         "pyhessian": {str(k): v for k, v in theirs.items()},
-        "one_product_s": {"purenet": one_jax_product(model, params, x, y), "pytorch": theirs["one_product_s"]},
+        "one_product_s": {
+            "purenet": one_jax_product(model, params, x, y),
+            "pytorch": theirs["one_product_s"],
+        },
         "comparisons": comparisons,
         "target": "at least 3x faster than PyHessian at equal error",
         "target_met": all(c["speedup"] is not None and c["speedup"] >= 3 for c in comparisons),
     }
     print(f"{record['model']}; exact top eigenvalue {exact:.6f} (float64 Lanczos)")
-    print(f"{record['machine']}; JAX {jax.__version__}, PyTorch {torch_version}, PyHessian 0.1; medians of {args.repeats}")
+    print(
+        f"{record['machine']}; JAX {jax.__version__}, PyTorch {torch_version}, PyHessian 0.1; "
+        f"medians of {args.repeats}"
+    )
     print(
         f"one Hessian-vector product: purenet {record['one_product_s']['purenet'] * 1e3:.1f} ms, "
         f"PyTorch {record['one_product_s']['pytorch'] * 1e3:.1f} ms"
@@ -208,7 +222,8 @@ def main(argv=None) -> dict:
             line += " | no purenet run was as accurate"
         else:
             line += (
-                f" | purenet {comparison['purenet_s'] * 1e3:7.1f} ms at error {comparison['purenet_error']:.1e}: "
+                f" | purenet {comparison['purenet_s'] * 1e3:7.1f} ms "
+                f"at error {comparison['purenet_error']:.1e}: "
                 f"{comparison['speedup']:.1f}x faster"
             )
         print(line)

@@ -496,7 +496,7 @@ class _LanczosState(NamedTuple):
 
 
 def _orthogonalize(basis: jax.Array, vectors: jax.Array) -> jax.Array:
-    """Project the rows of ``vectors`` off the rows of ``basis`` (zero rows do nothing): one Gram-Schmidt pass.
+    """One Gram-Schmidt pass: the rows of ``vectors`` projected off the rows of ``basis`` (zero rows add nothing).
 
     The rows go together so that the pass reads the basis, the loop's
     largest buffer, once for all of them: on a CPU that read is the cost.
