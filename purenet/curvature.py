@@ -496,7 +496,7 @@ class _LanczosState(NamedTuple):
 
 
 def _orthogonalize(basis: jax.Array, vectors: jax.Array) -> jax.Array:
-    """One Gram-Schmidt pass: the rows of ``vectors`` projected off the rows of ``basis`` (zero rows add nothing).
+    """One Gram-Schmidt pass: the rows of ``vectors`` projected off the rows of ``basis``.
 
     The rows go together so that the pass reads the basis, the loop's
     largest buffer, once for all of them: on a CPU that read is the cost.
