@@ -684,7 +684,9 @@ def lanczos(
 
     Returns:
       ``Eigenpairs``; check ``converged`` (or ``residuals``) before trusting
-      a value to ``tol``.
+      a value to ``tol``.  A residual bound says that *some* eigenvalue lies
+      that close, not that it is the k-th largest: with a loose ``tol`` an
+      early Ritz value can still be short of the top one.
 
     Raises:
       ConfigError: k or max_iterations out of range, or an unknown ``which``.
