@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import platform
 import statistics
@@ -49,3 +51,23 @@ def interleaved_medians(thunks: dict[str, Callable[[], object]], repeats: int) -
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(samples) for name, samples in times.items()}
+
+
+def record_header(note: str = "", **versions: str) -> dict:
+    """The date, the machine and the versions every benchmark record starts with."""
+    import jax
+    import numpy as np
+
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(note),
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__}
+        | versions,
+    }
+
+
+def save_json(path: str | None, record: dict) -> None:
+    """Write ``record`` to ``path`` as indented JSON (nothing when no path was asked for)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(record, f, indent=2)

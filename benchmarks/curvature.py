@@ -23,14 +23,10 @@ capped at 3 and the batched pair skipped there).  Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from common import interleaved_medians, machine
+from common import interleaved_medians, record_header, save_json
 
 import purenet as pn
 
@@ -89,13 +85,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", help="also write the figures to this path")
     args = parser.parse_args(argv)
 
-    record = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "device": str(jax.devices()[0].device_kind),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__},
-        "sizes": {},
-    }
+    record = record_header() | {"device": str(jax.devices()[0].device_kind), "sizes": {}}
     print(f"{record['machine']}; {record['device']}; JAX {jax.__version__}, float32")
     for size in args.sizes:
         large = size == "large"
@@ -120,9 +110,7 @@ def main(argv=None) -> dict:
             print(f"  {name:18s} {seconds * 1e3:10.2f} ms")
         for name, ratio in ratios.items():
             print(f"  {name:22s} {ratio:6.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+    save_json(args.json, record)
     return record
 
 

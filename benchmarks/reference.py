@@ -29,13 +29,10 @@ if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from common import machine, median_seconds  # noqa: E402
+from common import median_seconds, record_header, save_json  # noqa: E402
 
 import purenet as pn  # noqa: E402
 
@@ -74,10 +71,7 @@ def main(argv=None) -> dict:
     }
     figures = {name: median_seconds(fn, args.repeats) for name, fn in contenders.items()}
     count = pn.count_params(params)
-    record = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine("run pinned to one"),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__},
+    record = record_header("run pinned to one") | {
         "model": f"MLP 784-1024-256-10 ReLU, {count:,} params, batch {args.batch}",
         "median_seconds": figures,
         "target": "reference under 1 s",
@@ -89,9 +83,7 @@ def main(argv=None) -> dict:
         print(f"  {name:38s} {seconds * 1e3:9.1f} ms   {seconds / fastest:5.1f}x the fastest")
     verdict = "met" if record["target_met"] else "MISSED"
     print(f"target: reference gradient under 1 s: {verdict}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+    save_json(args.json, record)
     return record
 
 

@@ -21,9 +21,6 @@ beside them); PyHessian's include building its gradient graph.  Needs
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
 import time
 
@@ -31,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import machine
+from common import median_seconds, record_header, save_json
 
 import purenet as pn
 
@@ -131,22 +128,15 @@ def pyhessian_runs(model, params, x, y, exact: float, repeats: int) -> dict:
     v = [torch.randn_like(p) for p in one_product.params]
     from pyhessian.utils import hessian_vector_product
 
-    product_times = []
-    for _ in range(20):
-        _, seconds = timed(lambda: hessian_vector_product(one_product.gradsH, one_product.params, v))
-        product_times.append(seconds)
-    runs["one_product_s"] = statistics.median(product_times)
+    runs["one_product_s"] = median_seconds(
+        lambda: hessian_vector_product(one_product.gradsH, one_product.params, v), 20, warmups=0
+    )
     return runs, torch.__version__
 
 
 def one_jax_product(model, params, x, y) -> float:
     op = pn.model_operator(model, pn.softmax_cross_entropy, params, x, y)
-    op.matvec(params)  # compile
-    samples = []
-    for _ in range(20):
-        _, seconds = timed(lambda: jax.block_until_ready(op.matvec(params)))
-        samples.append(seconds)
-    return statistics.median(samples)
+    return median_seconds(lambda: jax.block_until_ready(op.matvec(params)), 20)
 
 
 def main(argv=None) -> dict:
@@ -176,15 +166,7 @@ def main(argv=None) -> dict:
                 "speedup": None if best is None else target["seconds"] / best["seconds"],
             }
         )
-    record = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "torch": torch_version,
-            "pyhessian": "0.1",
-        },
+    record = record_header(torch=torch_version, pyhessian="0.1") | {
         "model": f"MLP 64-256-256-10 ReLU, {pn.count_params(params):,} params, all {len(x)} digits, float32",
         "exact_top_eigenvalue": exact,
         "purenet": {str(k): v for k, v in ours.items()},
@@ -228,9 +210,7 @@ def main(argv=None) -> dict:
             )
         print(line)
     print(f"target: {record['target']}: {'met' if record['target_met'] else 'MISSED'}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+    save_json(args.json, record)
     return record
 
 

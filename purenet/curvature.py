@@ -885,8 +885,10 @@ class TraceEstimate(NamedTuple):
     num_matvecs: int
 
 
-def _rademacher(key: jax.Array, shape: tuple, dtype) -> jax.Array:
-    return jax.random.rademacher(key, shape, dtype=dtype)
+def _standard_error(forms: jax.Array) -> float:
+    """The standard error of the mean of the probes' quadratic forms (inf for a single probe)."""
+    count = forms.shape[0]
+    return float(jnp.std(forms, ddof=1)) / math.sqrt(count) if count > 1 else math.inf
 
 
 @jax.jit
@@ -906,10 +908,9 @@ def hutchinson_trace(
     num_probes = require_positive_int("hutchinson_trace", "num_probes", num_probes)
     flat, _ = flatten_params(op.params)
     key = jax.random.PRNGKey(0) if key is None else key
-    forms = _quadratic_forms(op, _rademacher(key, (num_probes, flat.size), flat.dtype))
+    forms = _quadratic_forms(op, jax.random.rademacher(key, (num_probes, flat.size), dtype=flat.dtype))
     _require_finite("hutchinson_trace", f"every {op.kind}-vector product", forms)
-    spread = float(jnp.std(forms, ddof=1)) / math.sqrt(num_probes) if num_probes > 1 else math.inf
-    return TraceEstimate(float(jnp.mean(forms)), spread, num_probes)
+    return TraceEstimate(float(jnp.mean(forms)), _standard_error(forms), num_probes)
 
 
 @jax.jit
@@ -941,12 +942,11 @@ def hutchpp_trace(
     probe_count = num_matvecs - 2 * sketch_size
     key = jax.random.PRNGKey(0) if key is None else key
     sketch_key, probe_key = jax.random.split(key)
-    sketch = _rademacher(sketch_key, (flat.size, sketch_size), flat.dtype)
-    probes = _rademacher(probe_key, (flat.size, probe_count), flat.dtype)
+    sketch = jax.random.rademacher(sketch_key, (flat.size, sketch_size), dtype=flat.dtype)
+    probes = jax.random.rademacher(probe_key, (flat.size, probe_count), dtype=flat.dtype)
     top, forms = _hutchpp(op, sketch, probes)
     _require_finite("hutchpp_trace", f"every {op.kind}-vector product", (top, forms))
-    spread = float(jnp.std(forms, ddof=1)) / math.sqrt(probe_count) if probe_count > 1 else math.inf
-    return TraceEstimate(float(top + jnp.mean(forms)), spread, num_matvecs)
+    return TraceEstimate(float(top + jnp.mean(forms)), _standard_error(forms), num_matvecs)
 
 
 # --------------------------------------------------------------------------
@@ -970,20 +970,23 @@ class CGResult(NamedTuple):
     converged: jax.Array
 
 
-def _cg(op, b, x0, damping, tol, maxiter):
-    def damped(v):
-        return _tree_axpy(damping, v, op._unchecked_matvec(v))
-
-    x, _ = jax.scipy.sparse.linalg.cg(damped, b, x0=x0, tol=tol, maxiter=maxiter)
-    residual = jax.tree_util.tree_map(jnp.subtract, b, damped(x))
+def _cg(op, b, x0, damping, tol, maxiter) -> tuple[CGResult, Params]:
+    """The CG result and A x (undamped), the product the true residual needed anyway."""
+    x, _ = jax.scipy.sparse.linalg.cg(
+        lambda v: _tree_axpy(damping, v, op._unchecked_matvec(v)), b, x0=x0, tol=tol, maxiter=maxiter
+    )
+    product = op._unchecked_matvec(x)
+    residual = jax.tree_util.tree_map(jnp.subtract, b, _tree_axpy(damping, x, product))
     residual_norm = jnp.sqrt(_tree_vdot(residual, residual))
     b_norm = jnp.sqrt(_tree_vdot(b, b))
     relative = residual_norm / jnp.maximum(b_norm, jnp.finfo(residual_norm.dtype).tiny)
     # jax's cg stops at tol relative to ||b|| on its own recurrence; allow rounding in the recomputed one.
-    return CGResult(x, residual_norm, relative, relative <= tol * 1.01)
+    return CGResult(x, residual_norm, relative, relative <= tol * 1.01), product
 
 
-_jit_cg = jax.jit(_cg, static_argnames=("maxiter",))
+@functools.partial(jax.jit, static_argnames=("maxiter",))
+def _jit_cg(op, b, x0, damping, tol, maxiter) -> CGResult:
+    return _cg(op, b, x0, damping, tol, maxiter)[0]
 
 
 def cg_solve(
@@ -1091,11 +1094,11 @@ def make_hessian_free_step(
             op = CurvatureOperator("ggn", (functions.outputs, functions.loss), state.params, batch, n, None)
         else:
             op = CurvatureOperator("hessian", (functions.cost,), state.params, batch, n, METHODS[0])
-        solved = _cg(op, grads, state.direction, state.damping, cg_tol, cg_maxiter)
+        solved, curvature_times_step = _cg(op, grads, state.direction, state.damping, cg_tol, cg_maxiter)
         proposal = jax.tree_util.tree_map(jnp.subtract, state.params, solved.x)
         new_value = functions.cost(proposal, batch)
         # The quadratic model's change for the step -d: -g.d + d.(A d) / 2 (undamped A, as Martens).
-        predicted = -_tree_vdot(grads, solved.x) + 0.5 * _tree_vdot(solved.x, op._unchecked_matvec(solved.x))
+        predicted = -_tree_vdot(grads, solved.x) + 0.5 * _tree_vdot(solved.x, curvature_times_step)
         rho = (new_value - value) / jnp.where(predicted < 0, predicted, -jnp.finfo(value.dtype).tiny)
         accepted = jnp.isfinite(new_value) & (new_value < value)
         damping = jnp.where(rho > 0.75, state.damping * 2 / 3, state.damping)
