@@ -37,13 +37,18 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmups: int = 1) -> 
     return statistics.median(times)
 
 
-def interleaved_medians(thunks: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def interleaved_medians(
+    thunks: dict[str, Callable[[], object]], repeats: int, warmup_rounds: int = 3
+) -> dict[str, float]:
     """Median seconds of each thunk, timed round-robin so that drift on a noisy machine hits all alike.
 
-    Each thunk is called once first (compilation), then once per round.
+    ``warmup_rounds`` untimed rounds go first: the first compiles, and the
+    others let an idle GPU raise its clocks (an H200 idles at 345 MHz, and
+    sub-millisecond timings taken while it ramps are off by tens of percent).
     """
-    for fn in thunks.values():
-        fn()
+    for _ in range(warmup_rounds):
+        for fn in thunks.values():
+            fn()
     times: dict[str, list[float]] = {name: [] for name in thunks}
     for _ in range(repeats):
         for name, fn in thunks.items():

@@ -5,7 +5,8 @@ costs at most 2.3x a gradient at large sizes (what raw JAX reaches: 2.26x on
 the H200), and 8 HVPs batched with ``jax.vmap`` cost less than 8 single ones.
 
 One process, every contender jit-compiled on the same params and batch,
-softmax cross-entropy on ReLU MLPs, float32:
+softmax cross-entropy on ReLU MLPs, float32 or (``--dtype bfloat16``) params
+and inputs cast to bfloat16:
 
   grad               jax.grad of the loss
   raw jax hvp        jax.jvp(jax.grad(loss)), written out by hand
@@ -14,10 +15,11 @@ softmax cross-entropy on ReLU MLPs, float32:
   8 single / 8 batched   purenet.hvp called 8 times, against one purenet.batched_hvp of 8
 
 Sizes: small 784-256-256-10 b128; medium 1024x4 -> 10 b1024; large
-4096x4 -> 4096 b4096 (minutes per product on a 2-core CPU: its repeats are
-capped at 3 and the batched pair skipped there).  Usage:
+4096x4 -> 4096 b4096 (seconds per product on a 2-core CPU: there its repeats
+are capped at 3 and the batched pair is skipped).  Usage:
 
-    python benchmarks/curvature.py [--sizes small medium large] [--repeats 30] [--json out.json]
+    python benchmarks/curvature.py [--sizes small medium large] [--dtype float32|bfloat16]
+                                   [--repeats 30] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,16 +46,17 @@ def mlp(hidden: tuple, outputs: int) -> pn.Layer:
     return pn.serial(*layers, pn.Dense(outputs))
 
 
-def contenders(size: str, batched: bool) -> dict:
+def contenders(size: str, batched: bool, dtype: str) -> dict:
     """Timed thunks for one size, each blocking on its result."""
     inputs, hidden, outputs, batch = SIZES[size]
     model = mlp(hidden, outputs)
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
     _, params = model.init(keys[0], (-1, inputs))
-    x = jax.random.normal(keys[1], (batch, inputs))
+    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+    x = jax.random.normal(keys[1], (batch, inputs), dtype)
     y = jax.random.randint(keys[2], (batch,), 0, outputs)
     flat, unflatten = pn.flatten_params(params)
-    v = unflatten(jax.random.normal(keys[3], flat.shape))
+    v = unflatten(jax.random.normal(keys[3], flat.shape, flat.dtype))
     vs = jax.tree_util.tree_map(lambda a: jnp.stack([a * (i + 1) for i in range(8)]), v)
 
     def loss(p):
@@ -81,17 +84,19 @@ def contenders(size: str, batched: bool) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["small", "medium"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--json", help="also write the figures to this path")
     args = parser.parse_args(argv)
 
-    record = record_header() | {"device": str(jax.devices()[0].device_kind), "sizes": {}}
-    print(f"{record['machine']}; {record['device']}; JAX {jax.__version__}, float32")
+    record = record_header() | {"device": str(jax.devices()[0].device_kind), "dtype": args.dtype, "sizes": {}}
+    print(f"{record['machine']}; {record['device']}; JAX {jax.__version__}, {args.dtype}")
+    on_cpu = jax.default_backend() == "cpu"
     for size in args.sizes:
-        large = size == "large"
-        repeats = min(args.repeats, 3) if large else args.repeats
-        thunks, count = contenders(size, batched=not large)
-        figures = interleaved_medians(thunks, repeats)
+        slow = size == "large" and on_cpu
+        repeats = min(args.repeats, 3) if slow else args.repeats
+        thunks, count = contenders(size, batched=not slow, dtype=args.dtype)
+        figures = interleaved_medians(thunks, repeats, warmup_rounds=1 if slow else 3)
         ratios = {
             "hvp f/r / grad": figures["purenet hvp f/r"] / figures["grad"],
             "hvp r/r / grad": figures["purenet hvp r/r"] / figures["grad"],

@@ -47,6 +47,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from purenet.core import ConfigError, Layer, ParamsError, PurenetError, require_positive_int
+from purenet.trees import first_nonfinite_leaf
 
 Params = Any
 METHODS = ("forward_over_reverse", "reverse_over_reverse")
@@ -80,11 +81,9 @@ def _require_finite(where: str, what: str, tree: Any) -> None:
     """Raise naming the first leaf of ``tree`` holding a NaN or inf (skipped under a trace)."""
     if not _is_concrete(tree):
         return
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not bool(jnp.all(jnp.isfinite(leaf))):
-            raise NonFiniteCurvatureError(
-                where, f"{what} must be finite, but this leaf holds NaN or inf", jax.tree_util.keystr(path)
-            )
+    path = first_nonfinite_leaf(tree)
+    if path is not None:
+        raise NonFiniteCurvatureError(where, f"{what} must be finite, but this leaf holds NaN or inf", path)
 
 
 def _check_like_params(where: str, what: str, params: Params, v: Any, batch: int | None = None) -> None:
@@ -171,8 +170,9 @@ def hvp(f: Callable[[Params], jax.Array], params: Params, v: Params, *, method: 
       H v, in the params' structure.  Jit-compiled once per ``f``.
     """
     _check_like_params("hvp", "v", params, v)
-    _require_finite("hvp", "v", v)
-    return _jit_hvp(f, params, v, _method("hvp", method))
+    product = _jit_hvp(f, params, v, _method("hvp", method))
+    _require_finite("hvp", "v", v)  # after the dispatch, so that its one sync overlaps the product
+    return product
 
 
 def batched_hvp(
@@ -188,8 +188,9 @@ def batched_hvp(
       The products stacked the same way: ``H v_i`` is ``tree_map(lambda a: a[i], result)``.
     """
     _check_like_params("batched_hvp", "vs", params, vs, _leading_count("batched_hvp", "vs", vs))
-    _require_finite("batched_hvp", "vs", vs)
-    return _jit_batched_hvp(f, params, vs, _method("batched_hvp", method))
+    product = _jit_batched_hvp(f, params, vs, _method("batched_hvp", method))
+    _require_finite("batched_hvp", "vs", vs)  # after the dispatch, so that its one sync overlaps the product
+    return product
 
 
 def ggn_vp(
@@ -209,8 +210,9 @@ def ggn_vp(
       in the params.
     """
     _check_like_params("ggn_vp", "v", params, v)
-    _require_finite("ggn_vp", "v", v)
-    return _jit_ggn_vp(outputs_fn, loss_fn, params, v)
+    product = _jit_ggn_vp(outputs_fn, loss_fn, params, v)
+    _require_finite("ggn_vp", "v", v)  # after the dispatch, so that its one sync overlaps the product
+    return product
 
 
 def hessian(f: Callable[[Params], jax.Array], params: Params, *, max_dim: int = 4096) -> jax.Array:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from purenet.core import ConfigError, Layer, PurenetError, ShapeError, require_positive_int
+from purenet.trees import all_finite
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -72,7 +73,7 @@ def make_train_step(
         value, grads = jax.value_and_grad(cost)(state.params, x, y, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(value) & _all_finite(grads)
+        finite = jnp.isfinite(value) & all_finite(grads)
         healthy = state.healthy & finite
         keep_new = lambda new, old: jnp.where(healthy, new, old)  # noqa: E731
         return TrainState(
@@ -82,11 +83,6 @@ def make_train_step(
         ), value
 
     return step
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.array(True)
 
 
 def fit(
