@@ -139,7 +139,7 @@ def digits(epochs: int = 40, seed: int = 0, progress: bool = True):
     seconds = time.perf_counter() - start
     predictions = jnp.argmax(jax.jit(model.apply)(params, x_test), axis=-1)
     accuracy = float(jnp.mean(predictions == y_test))
-    return accuracy, history, seconds, model, params
+    return accuracy, history["loss"], seconds, model, params
 
 
 def plot_history(history: list[float], path: pathlib.Path) -> pathlib.Path | None:

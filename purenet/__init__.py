@@ -1,7 +1,8 @@
 """purenet: feedforward networks as pure functions over parameter pytrees, in JAX."""
 
-from purenet import curvature, reference
+from purenet import checkpoint, curvature, data, reference
 from purenet.check import GradientCheckError, GradientReport, check_gradients, check_layer
+from purenet.checkpoint import CheckpointError
 from purenet.combinators import (
     dense_block,
     fan_in_concat,
@@ -46,6 +47,7 @@ from purenet.curvature import (
     plot_spectral_density,
     spectral_density,
 )
+from purenet.data import Dataset, load_breast_cancer, load_diabetes, load_digits
 from purenet.layers import (
     RBF,
     AbsRect,
@@ -79,20 +81,34 @@ from purenet.losses import (
     multiclass_hinge,
     softmax_cross_entropy,
 )
+from purenet.precision import Policy, mixed_precision, policy
 from purenet.reference import reference_gradient, textbook_mlp_gradient
-from purenet.train import NonFiniteLossError, fit, make_train_step
+from purenet.train import (
+    FitResult,
+    NonFiniteLossError,
+    StepOutput,
+    TrainState,
+    accuracy,
+    binary_accuracy,
+    evaluate,
+    fit,
+    make_train_step,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AbsRect",
     "CGResult",
+    "CheckpointError",
     "ConfigError",
     "Cos",
     "CurvatureOperator",
+    "Dataset",
     "Dense",
     "Dropout",
     "Eigenpairs",
+    "FitResult",
     "Flatten",
     "GradientCheckError",
     "GradientReport",
@@ -113,6 +129,7 @@ __all__ = [
     "OutputUnit",
     "PReLU",
     "ParamsError",
+    "Policy",
     "PurenetError",
     "RBF",
     "ReLU",
@@ -120,17 +137,24 @@ __all__ = [
     "Sigmoid",
     "Softplus",
     "SpectralDensity",
+    "StepOutput",
     "Tanh",
     "TraceEstimate",
+    "TrainState",
+    "accuracy",
     "batched_hvp",
+    "binary_accuracy",
     "binary_cross_entropy",
     "cg_solve",
     "check_gradients",
     "check_layer",
+    "checkpoint",
     "count_params",
     "curvature",
+    "data",
     "dense_block",
     "elementwise",
+    "evaluate",
     "fan_in_concat",
     "fan_in_sum",
     "fan_out",
@@ -147,13 +171,18 @@ __all__ = [
     "l1_penalty",
     "l2_penalty",
     "lanczos",
+    "load_breast_cancer",
+    "load_diabetes",
+    "load_digits",
     "make_hessian_free_step",
     "make_train_step",
     "mean_squared_error",
+    "mixed_precision",
     "model_operator",
     "multiclass_hinge",
     "parallel",
     "plot_spectral_density",
+    "policy",
     "reference",
     "reference_gradient",
     "repeat",

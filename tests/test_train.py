@@ -1,4 +1,6 @@
-"""The jit-compiled train step and the epoch loop."""
+"""The jit-compiled train step and fit(): fused and step-by-step loops, evaluation, non-finite handling."""
+
+import io
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import optax
 import pytest
 
 import purenet as pn
+from purenet import train
 
 
 def regression_data(key):
@@ -14,86 +17,224 @@ def regression_data(key):
     return x, x @ jnp.array([[1.0], [-2.0], [0.5]]) + 0.3
 
 
-def test_fit_learns_a_linear_map(key):
+def leaves_equal(a, b) -> bool:
+    return all(
+        bool(jnp.array_equal(u, v))
+        for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
+
+
+def fit_regression(key, model=None, **overrides):
     x, y = regression_data(key)
-    model = pn.Dense(1)
+    model = model or pn.Dense(1)
     _, params = model.init(key, (-1, 3))
-    params, _, history = pn.fit(
-        model,
-        params,
-        x,
-        y,
+    kwargs = dict(
         loss=pn.mean_squared_error,
         optimizer=optax.adam(0.1),
-        epochs=100,
-        batch_size=16,
-        key=key,
-    )
-    assert len(history) == 100 and history[-1] < 1e-3 < history[0]
-    np.testing.assert_allclose(params["w"][:, 0], [1.0, -2.0, 0.5], atol=0.02)
-
-
-def test_fit_is_deterministic_given_the_key(key):
-    x, y = regression_data(key)
-    model = pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1))
-    _, params = model.init(key, (-1, 3))
-    run = lambda: pn.fit(  # noqa: E731
-        model,
-        params,
-        x,
-        y,
-        loss=pn.mean_squared_error,
-        optimizer=optax.sgd(0.01),
         epochs=3,
         batch_size=8,
         key=jax.random.PRNGKey(5),
-    )[0]
-    chex_equal = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), run(), run())
-    assert all(jax.tree_util.tree_leaves(chex_equal))
+    )
+    return pn.fit(model, params, x, y, **(kwargs | overrides))
 
 
-def test_non_finite_loss_stops_with_the_last_good_params(key):
+def test_fit_learns_a_linear_map(key):
+    params, _, history = fit_regression(key, epochs=100, batch_size=16)
+    assert len(history["loss"]) == 100 and history["loss"][-1] < 1e-3 < history["loss"][0]
+    np.testing.assert_allclose(params["w"][:, 0], [1.0, -2.0, 0.5], atol=0.02)
+    assert history["skipped"] == [0] * 100 and len(history["seconds"]) == 100
+
+
+def test_fit_is_deterministic_given_the_key(key):
+    model = pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1))
+    first = fit_regression(key, model, optimizer=optax.sgd(0.01))
+    assert leaves_equal(first.params, fit_regression(key, model, optimizer=optax.sgd(0.01)).params)
+
+
+@pytest.mark.parametrize("steps_per_dispatch", [1, 3, 5])
+def test_fused_and_step_by_step_loops_train_the_same_params(key, steps_per_dispatch):
+    """K steps in one lax.scan draw the same batches and keys as K dispatches (8 steps per epoch here)."""
+    model = pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1))
+    fused = fit_regression(key, model)  # default: the whole epoch in one dispatch
+    other = fit_regression(key, model, steps_per_dispatch=steps_per_dispatch)
+    assert leaves_equal(fused.params, other.params)
+    np.testing.assert_allclose(fused.history["loss"], other.history["loss"], rtol=1e-6)
+
+
+def test_host_fed_loop_trains_the_same_params(key, monkeypatch):
+    """Data too large for the device is fed one minibatch per step, with the same result."""
+    on_device = fit_regression(key, pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1)))
+    monkeypatch.setattr(train, "DEVICE_DATA_BYTES", 0)
+    host_fed = fit_regression(key, pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1)))
+    assert leaves_equal(on_device.params, host_fed.params)
+
+
+def test_fit_matches_a_hand_written_loop(key):
+    """fit's shuffles and keys, replayed independently with the public step, give the same params."""
     x, y = regression_data(key)
-    y = y.at[40].set(jnp.nan)  # the example at index 40 poisons whichever batch holds it
+    model = pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1))
+    _, params = model.init(key, (-1, 3))
+    optimizer = optax.sgd(0.05)
+    result = pn.fit(
+        model, params, x, y, loss=pn.mean_squared_error, optimizer=optimizer, epochs=2, batch_size=8, key=key
+    )
+    step = pn.make_train_step(model, pn.mean_squared_error, optimizer)
+    state, run_key = pn.TrainState(params, optimizer.init(params), jnp.array(True)), key
+    for _ in range(2):
+        run_key, shuffle_key, steps_key = jax.random.split(run_key, 3)
+        order = np.asarray(jax.random.permutation(shuffle_key, 64))
+        for i, step_key in enumerate(jax.random.split(steps_key, 8)):
+            state, _ = step(state, x[order[8 * i : 8 * i + 8]], y[order[8 * i : 8 * i + 8]], step_key)
+    for a, b in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+POISON = 999.0
+
+
+def poisoned(key):
+    x, y = regression_data(key)
+    return x, y.at[40].set(POISON)  # the example at index 40 poisons whichever batch holds it
+
+
+def poisoned_loss(outputs, targets):
+    """Squared error, but NaN on a batch holding the marked example (fit refuses NaN in the data itself)."""
+    return pn.mean_squared_error(outputs, targets) + jnp.sum(jnp.where(targets == POISON, jnp.nan, 0.0))
+
+
+def bad_steps(key, epochs=2):
+    """The steps whose batch holds example 40, from fit's shuffle order replayed by hand."""
+    steps, run_key = [], jax.random.PRNGKey(5)
+    for epoch in range(epochs):
+        run_key, shuffle_key, _ = jax.random.split(run_key, 3)
+        order = np.asarray(jax.random.permutation(shuffle_key, 64))
+        steps.append(epoch * 8 + int(np.flatnonzero(order == 40)[0]) // 8)
+    return steps
+
+
+@pytest.mark.parametrize("steps_per_dispatch", [None, 1])
+def test_non_finite_loss_stops_with_the_last_good_params(key, steps_per_dispatch):
+    x, y = poisoned(key)
     model = pn.Dense(1)
     _, params = model.init(key, (-1, 3))
-    with pytest.raises(pn.NonFiniteLossError, match="not finite at step") as info:
-        pn.fit(
-            model,
-            params,
-            x,
-            y,
-            loss=pn.mean_squared_error,
-            optimizer=optax.sgd(0.01),
-            epochs=2,
-            batch_size=8,
-            key=key,
-        )
+    kwargs = dict(loss=poisoned_loss, optimizer=optax.sgd(0.01), batch_size=8, key=jax.random.PRNGKey(5))
+    with pytest.raises(
+        pn.NonFiniteLossError, match=r"fit: the loss or a gradient was not finite at step \d+"
+    ) as info:
+        pn.fit(model, params, x, y, epochs=2, steps_per_dispatch=steps_per_dispatch, **kwargs)
     error = info.value
+    assert error.step == bad_steps(key)[0]
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(error.params))
-    # replaying the same shuffle up to the bad step by hand gives the kept params
+    # the kept params are those after exactly error.step good steps: train that far on clean data
+    # ordered the same way (the poisoned example is never reached before the bad step)
+    clean_x, clean_y = regression_data(key)
     step = pn.make_train_step(model, pn.mean_squared_error, optax.sgd(0.01))
-    order = jax.random.permutation(jax.random.split(key)[1], 64)
-    batches = [order[i * 8 : (i + 1) * 8] for i in range(8)]
-    assert 40 in np.asarray(batches[error.step])
-    state = pn.train.TrainState(params, optax.sgd(0.01).init(params), jnp.array(True))
-    step_key = jax.random.split(key)[0]
-    for i in range(error.step):
-        step_key, k = jax.random.split(step_key)
-        state, _ = step(state, x[batches[i]], y[batches[i]], k)
-    for kept, replayed in zip(
-        jax.tree_util.tree_leaves(error.params), jax.tree_util.tree_leaves(state.params)
-    ):
-        np.testing.assert_array_equal(kept, replayed)
+    state = pn.TrainState(params, optax.sgd(0.01).init(params), jnp.array(True))
+    _, shuffle_key, steps_key = jax.random.split(jax.random.PRNGKey(5), 3)
+    order = np.asarray(jax.random.permutation(shuffle_key, 64))
+    for i, step_key in enumerate(jax.random.split(steps_key, 8)[: error.step]):
+        state, _ = step(state, clean_x[order[8 * i : 8 * i + 8]], clean_y[order[8 * i : 8 * i + 8]], step_key)
+    assert leaves_equal(error.params, state.params)
+    assert leaves_equal(error.opt_state, state.opt_state)
+
+
+def test_skip_mode_skips_the_bad_steps_and_trains_on(key):
+    x, y = poisoned(key)
+    model = pn.Dense(1)
+    _, params = model.init(key, (-1, 3))
+    result = pn.fit(
+        model,
+        params,
+        x,
+        y,
+        loss=poisoned_loss,
+        optimizer=optax.adam(0.1),
+        epochs=40,
+        batch_size=8,
+        key=jax.random.PRNGKey(5),
+        on_nonfinite="skip",
+    )
+    assert result.history["skipped"] == [1] * 40  # one poisoned batch per epoch, each skipped
+    assert all(np.isfinite(result.history["loss"]))  # the mean over the steps that were applied
+    assert result.history["loss"][-1] < 1e-2
+    np.testing.assert_allclose(result.params["w"][:, 0], [1.0, -2.0, 0.5], atol=0.05)
+
+
+def test_validation_metrics_match_an_independent_count(key):
+    data = pn.load_digits()
+    model = pn.serial(pn.Dense(32), pn.Tanh(), pn.Dense(10))
+    _, params = model.init(key, (-1, 64))
+    result = pn.fit(
+        model,
+        params,
+        data.x_train,
+        data.y_train,
+        loss=pn.softmax_cross_entropy,
+        optimizer=optax.adam(1e-2),
+        epochs=3,
+        batch_size=64,
+        key=key,
+        validation=(data.x_test, data.y_test),
+        metrics={"accuracy": pn.accuracy},
+    )
+    assert set(result.history) == {"loss", "skipped", "seconds", "val_loss", "val_accuracy"}
+    logits = np.asarray(model.apply(result.params, data.x_test), np.float64)
+    expected_accuracy = np.mean(logits.argmax(axis=1) == data.y_test)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    expected_loss = -np.mean(log_probs[np.arange(len(logits)), data.y_test])
+    assert result.history["val_accuracy"][-1] == pytest.approx(expected_accuracy, abs=1e-6)
+    assert result.history["val_loss"][-1] == pytest.approx(expected_loss, rel=1e-5)
+    assert result.history["val_accuracy"][-1] > 0.9
+    # evaluate() in odd-sized batches gives the same figures
+    figures = pn.evaluate(
+        model, result.params, data.x_test, data.y_test, loss=pn.softmax_cross_entropy,
+        metrics={"accuracy": pn.accuracy}, batch_size=100,
+    )  # fmt: skip
+    assert figures["accuracy"] == pytest.approx(expected_accuracy, abs=1e-6)
+    assert figures["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_binary_accuracy_counts_the_side_of_zero():
+    assert (
+        float(pn.binary_accuracy(jnp.array([[2.0], [-1.0], [0.5], [-3.0]]), jnp.array([1, 0, 0, 0]))) == 0.75
+    )
+
+
+def test_progress_bar_shows_loss_and_throughput(key, monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    fit_regression(key, progress=True)
+    text = stream.getvalue()
+    assert "loss=" in text and "example/s" in text and "epoch=3" in text
+    stream.truncate(0)
+    monkeypatch.setenv("CI", "1")
+    fit_regression(key)  # the default: quiet under CI (and when stderr is not a terminal)
+    assert stream.getvalue() == ""
 
 
 def test_fit_argument_errors(key):
     model = pn.Dense(1)
     _, params = model.init(key, (-1, 3))
-    kwargs = dict(loss=pn.mean_squared_error, optimizer=optax.sgd(0.1), key=key)
+    kwargs = dict(loss=pn.mean_squared_error, optimizer=optax.sgd(0.1), key=key, epochs=1)
+    ones = jnp.ones((4, 3))
     with pytest.raises(
         pn.ShapeError, match="fit: x and y must hold the same number of examples, got 4 and 5"
     ):
-        pn.fit(model, params, jnp.ones((4, 3)), jnp.ones((5, 1)), epochs=1, batch_size=2, **kwargs)
+        pn.fit(model, params, ones, jnp.ones((5, 1)), batch_size=2, **kwargs)
     with pytest.raises(pn.ConfigError, match="fit: batch_size must be an integer >= 1"):
-        pn.fit(model, params, jnp.ones((4, 3)), jnp.ones((4, 1)), epochs=1, batch_size=0, **kwargs)
+        pn.fit(model, params, ones, jnp.ones((4, 1)), batch_size=0, **kwargs)
+    with pytest.raises(pn.ConfigError, match="fit: steps_per_dispatch must be an integer >= 1"):
+        pn.fit(model, params, ones, jnp.ones((4, 1)), batch_size=2, steps_per_dispatch=0, **kwargs)
+    with pytest.raises(
+        pn.ConfigError, match=r"fit: on_nonfinite must be one of \('stop', 'skip'\), got 'ignore'"
+    ):
+        pn.fit(model, params, ones, jnp.ones((4, 1)), batch_size=2, on_nonfinite="ignore", **kwargs)
+    with pytest.raises(pn.ConfigError, match="fit: x holds NaN or inf in 1 example.*index 2"):
+        pn.fit(model, params, ones.at[2, 1].set(jnp.inf), jnp.ones((4, 1)), batch_size=2, **kwargs)
+    with pytest.raises(
+        pn.ShapeError, match="fit: x and y must hold the same number of examples, got 4 and 3"
+    ):
+        pn.fit(
+            model, params, ones, jnp.ones((4, 1)), batch_size=2, validation=(ones, jnp.ones((3, 1))), **kwargs
+        )

@@ -1,0 +1,266 @@
+"""Checkpoints without pickle: arrays in one .npz, the tree structure as JSON, written atomically.
+
+A checkpoint is one ``.npz`` file (a zip archive with a CRC-32 per member)
+holding ``leaf_0 ... leaf_{n-1}`` and a member ``__meta__``: UTF-8 JSON with
+the format version, each leaf's key path, shape and dtype, the nested
+structure of plain containers, and user metadata (step, epoch, history).
+``numpy.load(..., allow_pickle=False)`` reads it, so loading never runs code
+from the file.  dtypes NumPy cannot store natively (bfloat16) travel as their
+raw bits with the dtype named in the JSON; JAX PRNG keys as their key data.
+
+``save`` writes to a temporary file in the same directory, flushes and
+fsyncs it, renames it over the target (``os.replace``, atomic on POSIX) and
+fsyncs the directory: a process killed at any point leaves either the
+previous checkpoint or the new one, never a torn file
+(tests/test_checkpoint.py kills a writer with SIGKILL mid-save).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import zipfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purenet.core import PurenetError
+
+FORMAT = "purenet-checkpoint"
+VERSION = 1
+_NATIVE_KINDS = "biuf"  # bool, signed, unsigned and float dtypes numpy stores as themselves
+
+
+class CheckpointError(PurenetError, ValueError):
+    """A checkpoint could not be written or read, or does not fit the tree it is loaded into."""
+
+
+# --------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------
+
+
+def _structure(tree: Any, leaves: list) -> Any:
+    """The JSON form of ``tree``: dicts, lists, tuples and None as themselves, arrays as leaf indices.
+
+    Other pytree nodes (optax's NamedTuple states) are recorded by type name
+    only; such a tree is rebuilt from the template given to ``load``.
+    """
+    if type(tree) is dict and all(isinstance(k, str) for k in tree):
+        return {"dict": {k: _structure(tree[k], leaves) for k in sorted(tree)}}  # jax's order: sorted keys
+    if type(tree) is tuple:
+        return {"tuple": [_structure(c, leaves) for c in tree]}
+    if type(tree) is list:
+        return {"list": [_structure(c, leaves) for c in tree]}
+    if tree is None:
+        return {"none": None}
+    children, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda t: t is not tree)
+    if treedef.num_leaves == 1 and treedef.num_nodes == 1:  # an array or a scalar: a leaf
+        leaves.append(tree)
+        return {"leaf": len(leaves) - 1}
+    return {"node": type(tree).__name__, "children": [_structure(c, leaves) for c in children]}
+
+
+def _rebuild(structure: Any, leaves: list) -> Any:
+    if "node" in structure:
+        raise CheckpointError(
+            "load",
+            f"the checkpoint holds a {structure['node']} node, which only a template can rebuild: "
+            "pass like=<a tree of the same structure> (e.g. optimizer.init(params))",
+        )
+    ((kind, body),) = structure.items()
+    if kind == "dict":
+        return {k: _rebuild(v, leaves) for k, v in body.items()}
+    if kind in ("tuple", "list"):
+        items = [_rebuild(v, leaves) for v in body]
+        return tuple(items) if kind == "tuple" else items
+    if kind == "none":
+        return None
+    return leaves[body]  # kind == "leaf"
+
+
+def _encode_leaf(leaf: Any) -> tuple[np.ndarray, dict]:
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.random.key_data(leaf))
+        return data, {"dtype": "key", "impl": str(jax.random.key_impl(leaf)), "shape": list(leaf.shape)}
+    array = np.asarray(leaf)
+    info = {"dtype": str(array.dtype), "shape": list(array.shape)}
+    if array.dtype.kind in _NATIVE_KINDS and array.dtype.isnative and str(array.dtype) != "bfloat16":
+        return array, info
+    if array.dtype.itemsize not in (1, 2, 4, 8):
+        raise CheckpointError("save", f"cannot store dtype {array.dtype}")
+    return array.view(f"uint{8 * array.dtype.itemsize}"), info  # the raw bits; the JSON names the dtype
+
+
+def _decode_leaf(data: np.ndarray, info: dict) -> Any:
+    if info["dtype"] == "key":
+        return jax.random.wrap_key_data(data, impl=info["impl"])
+    dtype = jnp.dtype(info["dtype"])  # jnp knows bfloat16 (ml_dtypes)
+    return data if data.dtype == dtype else data.view(dtype)
+
+
+# --------------------------------------------------------------------------
+# Save
+# --------------------------------------------------------------------------
+
+
+def save(path: str | os.PathLike, tree: Any, **metadata: Any) -> pathlib.Path:
+    """Write ``tree`` (any pytree of arrays: params, optimizer state, PRNG key...) to ``path``, atomically.
+
+    Args:
+      path: the file to write; ``.npz`` is appended when missing.
+      tree: the pytree to store.
+      **metadata: JSON-serializable extras stored beside it (step, epoch, history...).
+
+    Returns:
+      The path written.  On any failure the previous file at ``path`` is left
+      as it was and the temporary file is removed.
+    """
+    path = pathlib.Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    leaves: list = []
+    structure = _structure(tree, leaves)
+    arrays, infos = {}, []
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    assert len(paths) == len(leaves), "the JSON structure walked the leaves in another order than jax"
+    for i, (leaf, leaf_path) in enumerate(zip(leaves, paths)):
+        arrays[f"leaf_{i}"], info = _encode_leaf(leaf)
+        infos.append(info | {"path": leaf_path})
+    try:
+        meta = json.dumps(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "structure": structure,
+                "leaves": infos,
+                "metadata": metadata,
+            }
+        )
+    except TypeError as error:
+        raise CheckpointError("save", f"metadata must be JSON-serializable: {error}") from None
+    arrays["__meta__"] = np.frombuffer(meta.encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(directory: pathlib.Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------
+# Load
+# --------------------------------------------------------------------------
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata stored with a checkpoint (step, epoch, history...), without reading its arrays."""
+    return _read(path, arrays=False)[0]["metadata"]
+
+
+def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
+    """Read a checkpoint written by ``save``.
+
+    Args:
+      path: the file.
+      like: a template tree (e.g. freshly initialized params and optimizer
+        state).  When given, the checkpoint must have its structure, leaf
+        paths, shapes and dtypes, and the result is built in its tree type;
+        without it, trees of dicts, lists and tuples are rebuilt from the JSON.
+
+    Returns:
+      ``(tree, metadata)``.
+
+    Raises:
+      CheckpointError: a missing, truncated or corrupted file (bad CRC), a
+        file that is not a purenet checkpoint, or one that does not fit ``like``.
+    """
+    meta, leaves = _read(path, arrays=True)
+    if like is None:
+        return _rebuild(meta["structure"], leaves), meta["metadata"]
+    _check_fits(path, meta["leaves"], like)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), meta["metadata"]
+
+
+def _read(path: str | os.PathLike, arrays: bool) -> tuple[dict, list]:
+    path = pathlib.Path(path)
+    if not path.exists() and path.suffix != ".npz" and path.with_name(path.name + ".npz").exists():
+        path = path.with_name(path.name + ".npz")
+    if not path.exists():
+        raise CheckpointError("load", f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "__meta__" not in archive.files:
+                raise CheckpointError("load", f"{path} is not a purenet checkpoint (no __meta__ member)")
+            meta = json.loads(archive["__meta__"].tobytes().decode())
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise CheckpointError(
+                    "load",
+                    f"{path} is format {meta.get('format')!r} v{meta.get('version')}, "
+                    f"expected {FORMAT} v{VERSION}",
+                )
+            leaves = []
+            if arrays:
+                for i, info in enumerate(meta["leaves"]):
+                    leaves.append(_decode_leaf(archive[f"leaf_{i}"], info))
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as error:
+        raise CheckpointError(
+            "load", f"{path} is truncated or corrupted ({type(error).__name__}: {error})"
+        ) from None
+    return meta, leaves
+
+
+def _check_fits(path, infos: list[dict], like: Any) -> None:
+    expected = jax.tree_util.tree_flatten_with_path(like)[0]
+    if len(expected) != len(infos):
+        raise CheckpointError(
+            "load", f"{path} holds {len(infos)} arrays, but the tree it is loaded into has {len(expected)}"
+        )
+    for (key_path, leaf), info in zip(expected, infos):
+        name = jax.tree_util.keystr(key_path)
+        if info["path"] != name:
+            raise CheckpointError(
+                "load", f"{path}: expected a leaf at {name}, the checkpoint has {info['path']}"
+            )
+        want_shape = list(np.shape(leaf))
+        if info["shape"] != want_shape:
+            raise CheckpointError(
+                "load",
+                f"{path}: the leaf at {name} has shape {tuple(info['shape'])}, expected {tuple(want_shape)}",
+            )
+        is_key = isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        want_dtype = "key" if is_key else str(np.asarray(leaf).dtype)
+        if info["dtype"] != want_dtype:
+            raise CheckpointError(
+                "load", f"{path}: the leaf at {name} has dtype {info['dtype']}, expected {want_dtype}"
+            )
+
+
+__all__ = ["CheckpointError", "load", "read_metadata", "save"]
