@@ -180,7 +180,7 @@ def _fsync_directory(directory: pathlib.Path) -> None:
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata stored with a checkpoint (step, epoch, history...), without reading its arrays."""
-    return _read(path, arrays=False)[0]["metadata"]
+    return _read(path, arrays=False)[1]["metadata"]
 
 
 def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
@@ -200,14 +200,14 @@ def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
       CheckpointError: a missing, truncated or corrupted file (bad CRC), a
         file that is not a purenet checkpoint, or one that does not fit ``like``.
     """
-    meta, leaves = _read(path, arrays=True)
+    path, meta, leaves = _read(path, arrays=True)
     if like is None:
         return _rebuild(meta["structure"], leaves), meta["metadata"]
     _check_fits(path, meta["leaves"], like)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), meta["metadata"]
 
 
-def _read(path: str | os.PathLike, arrays: bool) -> tuple[dict, list]:
+def _read(path: str | os.PathLike, arrays: bool) -> tuple[pathlib.Path, dict, list]:
     path = pathlib.Path(path)
     if not path.exists() and path.suffix != ".npz" and path.with_name(path.name + ".npz").exists():
         path = path.with_name(path.name + ".npz")
@@ -230,11 +230,17 @@ def _read(path: str | os.PathLike, arrays: bool) -> tuple[dict, list]:
                     leaves.append(_decode_leaf(archive[f"leaf_{i}"], info))
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as error:
+    except ValueError as error:
+        if "allow_pickle" in str(error):  # an object array: pickled data, which is never loaded
+            raise CheckpointError(
+                "load", f"{path} holds pickled objects, which purenet never loads"
+            ) from None
+        raise CheckpointError("load", f"{path} is truncated or corrupted (ValueError: {error})") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as error:
         raise CheckpointError(
             "load", f"{path} is truncated or corrupted ({type(error).__name__}: {error})"
         ) from None
-    return meta, leaves
+    return path, meta, leaves
 
 
 def _check_fits(path, infos: list[dict], like: Any) -> None:
