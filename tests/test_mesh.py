@@ -102,3 +102,65 @@ def test_batch_size_must_divide_over_the_mesh():
         """
     )
     assert run_on_eight_devices(script) == {}
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
+    import numpy as np, optax
+    from jax.sharding import Mesh
+    import purenet as pn
+    data = pn.load_digits()
+    model = pn.serial(pn.Dense(32), pn.Tanh(), pn.Dense(10))
+    _, params = model.init(jax.random.PRNGKey(0), (-1, 64))
+    mesh = Mesh(np.array(jax.devices()), ("data",))  # one CPU device in each of the two processes
+    result = pn.fit(model, params, data.x_train, data.y_train, loss=pn.softmax_cross_entropy,
+                    optimizer=optax.adam(1e-3), epochs=2, batch_size=64, key=jax.random.PRNGKey(1), mesh=mesh)
+    print(json.dumps({"devices": len(jax.devices()), "local": len(jax.local_devices()),
+                      "loss": result.history["loss"]}))
+    """
+)
+
+
+def test_two_processes_on_localhost_with_cpu_collectives(key):
+    """jax.distributed over two local processes (Gloo collectives) trains what one device trains."""
+    import socket
+
+    import jax
+    import optax
+
+    import purenet as pn
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(rank), str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for rank in range(2)
+    ]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    for worker, (_, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    data = pn.load_digits()
+    model = pn.serial(pn.Dense(32), pn.Tanh(), pn.Dense(10))
+    _, params = model.init(jax.random.PRNGKey(0), (-1, 64))
+    single = pn.fit(
+        model, params, data.x_train, data.y_train, loss=pn.softmax_cross_entropy,
+        optimizer=optax.adam(1e-3), epochs=2, batch_size=64, key=jax.random.PRNGKey(1),
+    ).history["loss"]  # fmt: skip
+    for result in results:
+        assert result["devices"] == 2 and result["local"] == 1
+        for a, b in zip(single, result["loss"]):
+            assert abs(a - b) <= 1e-6 * abs(a), (single, result["loss"])
