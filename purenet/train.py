@@ -22,6 +22,7 @@ replicated; XLA inserts the all-reduce of the gradients (GSPMD).
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import sys
@@ -307,16 +308,13 @@ def fit(
         validation = check_arrays("fit", *validation)
     policy = None if policy is None else check_policy(policy)
 
-    step = _step_function(model, loss, optimizer, regularizer, policy, on_nonfinite)
     replicated = batch_sharding = None
     if mesh is not None:
         replicated, batch_sharding = _mesh_shardings(mesh, data_axis, batch_size)
     on_device = x.nbytes + y.nbytes <= DEVICE_DATA_BYTES
     if on_device:
         x, y = jax.device_put(x, replicated), jax.device_put(y, replicated)
-        run = _scan_steps(step, batch_sharding)
-    else:
-        run = _host_fed_steps(jax.jit(step), batch_sharding)
+    run = _runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device)
 
     state = TrainState(params, optimizer.init(params), jnp.array(True))
     history: dict[str, list[float]] = {"loss": [], "skipped": [], "seconds": []}
@@ -331,27 +329,28 @@ def fit(
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         key, shuffle_key, steps_key = jax.random.split(key, 3)
-        order = jax.random.permutation(shuffle_key, x.shape[0])[: steps_per_epoch * batch_size]
+        # the epoch's batches and keys come to the host once; slicing them per dispatch is then free
+        order = np.asarray(jax.random.permutation(shuffle_key, x.shape[0]))[: steps_per_epoch * batch_size]
         indices = order.reshape(steps_per_epoch, batch_size)
         step_keys = jax.random.split(steps_key, steps_per_epoch)
-        losses, skipped = [], 0
+        if not jnp.issubdtype(step_keys.dtype, jax.dtypes.prng_key):  # typed keys stay on the device
+            step_keys = np.asarray(step_keys)
+        outputs = []
         for first in range(0, steps_per_epoch, steps_per_dispatch):
             chunk = slice(first, first + steps_per_dispatch)
             state, out = run(state, x, y, indices[chunk], step_keys[chunk])
-            finite = np.asarray(out.finite)  # one host sync per dispatch
-            if on_nonfinite == "stop" and not finite.all():
-                bad = epoch * steps_per_epoch + first + int(np.argmin(finite))
-                _close(bar)
-                # the state froze at the bad step, so it is the last good one
-                raise NonFiniteLossError(bad, state.params, state.opt_state, history) from None
-            skipped += int((~finite).sum())
-            chunk_losses = np.asarray(out.loss)[finite]
-            losses.extend(chunk_losses.tolist())
+            outputs.append(out)  # no host sync here: dispatches queue up behind one another
             if bar is not None:
-                bar.update(len(finite) * batch_size)
-                if chunk_losses.size:
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{chunk_losses[-1]:.4f}")
-        history["loss"].append(float(np.mean(losses)) if losses else float("nan"))
+                bar.update(len(indices[chunk]) * batch_size)
+        # one sync per epoch; with "stop" the state froze at the first bad step, so it is the last good one
+        finite = np.concatenate([np.asarray(out.finite) for out in jax.device_get(outputs)])
+        if on_nonfinite == "stop" and not finite.all():
+            _close(bar)
+            bad_step = epoch * steps_per_epoch + int(np.argmin(finite))
+            raise NonFiniteLossError(bad_step, state.params, state.opt_state, history) from None
+        skipped = int((~finite).sum())
+        losses = np.concatenate([np.asarray(out.loss) for out in jax.device_get(outputs)])[finite]
+        history["loss"].append(float(np.mean(losses)) if losses.size else float("nan"))
         history["skipped"].append(skipped)
         if validation is not None:
             figures = _evaluate_batches(
@@ -372,6 +371,23 @@ def fit(
             )
     _close(bar)
     return FitResult(state.params, state.opt_state, history)
+
+
+def _runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device) -> Callable:
+    """The compiled loop, cached so that fit called again with the same functions does not compile again."""
+    args = (model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device)
+    try:
+        return _cached_runner(*args)
+    except TypeError:  # an unhashable argument (a regularizer object with arrays, say): build afresh
+        return _build_runner(*args)
+
+
+def _build_runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device):
+    step = _step_function(model, loss, optimizer, regularizer, policy, on_nonfinite)
+    return _scan_steps(step, batch_sharding) if on_device else _host_fed_steps(jax.jit(step), batch_sharding)
+
+
+_cached_runner = functools.lru_cache(maxsize=16)(_build_runner)
 
 
 def _evaluate_batches(compute: Callable, params: Any, x, y, batch_size: int) -> dict[str, float]:

@@ -24,10 +24,10 @@ def leaves_equal(a, b) -> bool:
     )
 
 
-def fit_regression(key, model=None, **overrides):
-    x, y = regression_data(key)
+def fit_regression(data_key, model=None, **overrides):
+    x, y = regression_data(data_key)
     model = model or pn.Dense(1)
-    _, params = model.init(key, (-1, 3))
+    _, params = model.init(data_key, (-1, 3))
     kwargs = dict(
         loss=pn.mean_squared_error,
         optimizer=optax.adam(0.1),
@@ -238,3 +238,10 @@ def test_fit_argument_errors(key):
         pn.fit(
             model, params, ones, jnp.ones((4, 1)), batch_size=2, validation=(ones, jnp.ones((3, 1))), **kwargs
         )
+
+
+def test_typed_prng_keys_train_like_raw_ones():
+    model = pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1))
+    raw = fit_regression(jax.random.PRNGKey(0), model, key=jax.random.PRNGKey(5))
+    typed = fit_regression(jax.random.PRNGKey(0), model, key=jax.random.key(5))
+    assert leaves_equal(raw.params, typed.params)
