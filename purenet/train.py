@@ -297,6 +297,9 @@ def fit(
     x, y = check_arrays("fit", x, y)
     if x.shape[0] == 0:
         raise ConfigError("fit", "the training set is empty")
+    classes = _label_classes(model, params, x, y, loss)
+    if classes is not None:
+        check_arrays("fit", x, y, num_classes=classes)
     batch_size = min(batch_size, x.shape[0])
     steps_per_epoch = x.shape[0] // batch_size
     if steps_per_dispatch is None:
@@ -305,7 +308,7 @@ def fit(
         require_positive_int("fit", "steps_per_dispatch", steps_per_dispatch), steps_per_epoch
     )
     if validation is not None:
-        validation = check_arrays("fit", *validation)
+        validation = check_arrays("fit", *validation, num_classes=classes)
     policy = None if policy is None else check_policy(policy)
 
     replicated = batch_sharding = None
@@ -371,6 +374,15 @@ def fit(
             )
     _close(bar)
     return FitResult(state.params, state.opt_state, history)
+
+
+def _label_classes(model: Layer, params: Any, x: np.ndarray, y: np.ndarray, loss: Loss) -> int | None:
+    """For integer labels fed to a loss over class scores: the number of classes the model outputs."""
+    from purenet.losses import multiclass_hinge, softmax_cross_entropy
+
+    if loss not in (softmax_cross_entropy, multiclass_hinge) or y.dtype.kind not in "iu":
+        return None
+    return jax.eval_shape(lambda p, xb: model.apply(p, xb), params, x[:1]).shape[-1]  # shapes only
 
 
 def _runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device) -> Callable:

@@ -245,3 +245,14 @@ def test_typed_prng_keys_train_like_raw_ones():
     raw = fit_regression(jax.random.PRNGKey(0), model, key=jax.random.PRNGKey(5))
     typed = fit_regression(jax.random.PRNGKey(0), model, key=jax.random.key(5))
     assert leaves_equal(raw.params, typed.params)
+
+
+def test_labels_out_of_the_models_range_are_refused(key):
+    model = pn.Dense(3)
+    _, params = model.init(key, (-1, 2))
+    kwargs = dict(loss=pn.softmax_cross_entropy, optimizer=optax.sgd(0.1), key=key, epochs=1, batch_size=2)
+    x = jnp.ones((4, 2))
+    with pytest.raises(pn.ConfigError, match=r"fit: labels must lie in \[0, 3\), got 3 at index 1"):
+        pn.fit(model, params, x, jnp.array([0, 3, 1, 2]), **kwargs)
+    with pytest.raises(pn.ConfigError, match=r"fit: labels must lie in \[0, 3\), got -1 at index 0"):
+        pn.fit(model, params, x, jnp.array([0, 1, 1, 2]), validation=(x, jnp.array([-1, 0, 0, 0])), **kwargs)
