@@ -10,9 +10,9 @@ same shuffles and the same per-step keys, so they train the same params.
 
 Non-finite losses and gradients: the step computes a ``finite`` flag.  With
 ``on_nonfinite="stop"`` (default) the first such step is not applied, the
-state freezes (every later step in the same dispatch leaves it alone), and
-``fit`` raises ``NonFiniteLossError`` naming the step and holding the last
-good params and optimizer state.  With ``"skip"`` such a step is skipped and
+state freezes (every later step leaves it alone, so ``fit`` needs only one
+host sync per epoch to notice), and ``fit`` raises ``NonFiniteLossError``
+naming the step and holding the last good params and optimizer state.  With ``"skip"`` such a step is skipped and
 training goes on; ``history["skipped"]`` counts them per epoch.
 
 Multi-device: ``fit(..., mesh=mesh)`` trains data-parallel, each minibatch
@@ -346,13 +346,14 @@ def fit(
             if bar is not None:
                 bar.update(len(indices[chunk]) * batch_size)
         # one sync per epoch; with "stop" the state froze at the first bad step, so it is the last good one
-        finite = np.concatenate([np.asarray(out.finite) for out in jax.device_get(outputs)])
+        fetched = jax.device_get(outputs)
+        finite = np.concatenate([np.asarray(out.finite) for out in fetched])
         if on_nonfinite == "stop" and not finite.all():
             _close(bar)
             bad_step = epoch * steps_per_epoch + int(np.argmin(finite))
             raise NonFiniteLossError(bad_step, state.params, state.opt_state, history) from None
         skipped = int((~finite).sum())
-        losses = np.concatenate([np.asarray(out.loss) for out in jax.device_get(outputs)])[finite]
+        losses = np.concatenate([np.asarray(out.loss) for out in fetched])[finite]
         history["loss"].append(float(np.mean(losses)) if losses.size else float("nan"))
         history["skipped"].append(skipped)
         if validation is not None:
