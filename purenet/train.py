@@ -12,8 +12,9 @@ Non-finite losses and gradients: the step computes a ``finite`` flag.  With
 ``on_nonfinite="stop"`` (default) the first such step is not applied, the
 state freezes (every later step leaves it alone, so ``fit`` needs only one
 host sync per epoch to notice), and ``fit`` raises ``NonFiniteLossError``
-naming the step and holding the last good params and optimizer state.  With ``"skip"`` such a step is skipped and
-training goes on; ``history["skipped"]`` counts them per epoch.
+naming the step and holding the last good params and optimizer state.
+With ``"skip"`` such a step is skipped and training goes on;
+``history["skipped"]`` counts them per epoch.
 
 Multi-device: ``fit(..., mesh=mesh)`` trains data-parallel, each minibatch
 sharded over the mesh axis ``data_axis`` and the params and optimizer state
