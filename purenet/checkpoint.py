@@ -120,9 +120,7 @@ def save(path: str | os.PathLike, tree: Any, **metadata: Any) -> pathlib.Path:
       The path written.  On any failure the previous file at ``path`` is left
       as it was and the temporary file is removed.
     """
-    path = pathlib.Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+    path = _npz_path(path)
     leaves: list = []
     structure = _structure(tree, leaves)
     arrays, infos = {}, []
@@ -157,6 +155,23 @@ def save(path: str | os.PathLike, tree: Any, **metadata: Any) -> pathlib.Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _npz_path(path: str | os.PathLike) -> pathlib.Path:
+    """Where ``save`` writes ``path``: with ``.npz`` appended when it has another suffix or none."""
+    path = pathlib.Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def _existing_path(path: str | os.PathLike) -> pathlib.Path:
+    """``path`` as given if it exists, else where ``save`` would have written it."""
+    path = pathlib.Path(path)
+    return path if path.exists() else _npz_path(path)
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint saved as ``path`` is there (``path`` or ``path.npz``)."""
+    return _existing_path(path).exists()
 
 
 def _fsync_directory(directory: pathlib.Path) -> None:
@@ -208,9 +223,7 @@ def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
 
 
 def _read(path: str | os.PathLike, arrays: bool) -> tuple[pathlib.Path, dict, list]:
-    path = pathlib.Path(path)
-    if not path.exists() and path.suffix != ".npz" and path.with_name(path.name + ".npz").exists():
-        path = path.with_name(path.name + ".npz")
+    path = _existing_path(path)
     if not path.exists():
         raise CheckpointError("load", f"no checkpoint at {path}")
     try:
@@ -269,4 +282,4 @@ def _check_fits(path, infos: list[dict], like: Any) -> None:
             )
 
 
-__all__ = ["CheckpointError", "load", "read_metadata", "save"]
+__all__ = ["CheckpointError", "exists", "load", "read_metadata", "save"]

@@ -80,16 +80,21 @@ def check_arrays(
                 f"{name} holds NaN or inf in {len(rows)} example(s), the first at index {rows[0]}",
             )
     if num_classes is not None:
-        if y.dtype.kind not in "iu" and not np.all(y == np.round(y)):
-            raise InputTypeError(where, f"y must hold integer class labels, got dtype {y.dtype}")
-        bad = np.flatnonzero((y < 0) | (y >= num_classes))
-        if bad.size:
-            raise ConfigError(
-                where,
-                f"labels must lie in [0, {num_classes}), got {y.reshape(-1)[bad[0]]} at index {bad[0]} "
-                f"({bad.size} out of range)",
-            )
+        check_labels(where, y, num_classes)
     return x, y
+
+
+def check_labels(where: str, y: np.ndarray, num_classes: int) -> None:
+    """``y`` must hold integer class labels in [0, num_classes)."""
+    if y.dtype.kind not in "iu" and not np.all(y == np.round(y)):
+        raise InputTypeError(where, f"y must hold integer class labels, got dtype {y.dtype}")
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        raise ConfigError(
+            where,
+            f"labels must lie in [0, {num_classes}), got {y.reshape(-1)[bad[0]]} at index {bad[0]} "
+            f"({bad.size} out of range)",
+        )
 
 
 def train_test_split(
@@ -198,6 +203,7 @@ __all__ = [
     "Standardizer",
     "batches",
     "check_arrays",
+    "check_labels",
     "load_breast_cancer",
     "load_diabetes",
     "load_digits",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -39,7 +38,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from purenet import checkpoint
 from purenet.core import ConfigError, Layer, PurenetError, require_positive_int
-from purenet.data import check_arrays
+from purenet.data import check_arrays, check_labels
+from purenet.losses import multiclass_hinge, softmax_cross_entropy
 from purenet.precision import Policy, check_policy, mixed_precision
 from purenet.trees import all_finite
 
@@ -126,8 +126,10 @@ def _step_function(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(value) & all_finite(grads)
-        apply = (state.healthy & finite) if on_nonfinite == "stop" else finite
-        healthy = state.healthy & finite if on_nonfinite == "stop" else state.healthy
+        if on_nonfinite == "stop":  # one bad step freezes the state for good
+            healthy = apply = state.healthy & finite
+        else:  # "skip": only the bad step itself is not applied
+            healthy, apply = state.healthy, finite
         keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
         new_state = TrainState(
             jax.tree_util.tree_map(keep, params, state.params),
@@ -300,7 +302,7 @@ def fit(
         raise ConfigError("fit", "the training set is empty")
     classes = _label_classes(model, params, x, y, loss)
     if classes is not None:
-        check_arrays("fit", x, y, num_classes=classes)
+        check_labels("fit", y, classes)
     batch_size = min(batch_size, x.shape[0])
     steps_per_epoch = x.shape[0] // batch_size
     if steps_per_dispatch is None:
@@ -323,7 +325,7 @@ def fit(
     state = TrainState(params, optimizer.init(params), jnp.array(True))
     history: dict[str, list[float]] = {"loss": [], "skipped": [], "seconds": []}
     start_epoch = 0
-    if checkpoint_path is not None and _checkpoint_exists(checkpoint_path):
+    if checkpoint_path is not None and checkpoint.exists(checkpoint_path):
         state, key, history, start_epoch = _resume(checkpoint_path, state, key)
     if replicated is not None:
         state = jax.device_put(state, replicated)
@@ -380,8 +382,6 @@ def fit(
 
 def _label_classes(model: Layer, params: Any, x: np.ndarray, y: np.ndarray, loss: Loss) -> int | None:
     """For integer labels fed to a loss over class scores: the number of classes the model outputs."""
-    from purenet.losses import multiclass_hinge, softmax_cross_entropy
-
     if loss not in (softmax_cross_entropy, multiclass_hinge) or y.dtype.kind not in "iu":
         return None
     return jax.eval_shape(lambda p, xb: model.apply(p, xb), params, x[:1]).shape[-1]  # shapes only
@@ -444,11 +444,6 @@ def _mesh_shardings(mesh: Mesh, axis: str, batch_size: int) -> tuple[NamedShardi
             f"got {batch_size}",
         )
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(axis))
-
-
-def _checkpoint_exists(path) -> bool:
-    path = pathlib.Path(path)
-    return path.exists() or path.with_name(path.name + ".npz").exists()
 
 
 def _resume(path, state: TrainState, key: jax.Array) -> tuple[TrainState, jax.Array, dict, int]:
