@@ -16,6 +16,7 @@ import pytest
 
 import purenet as pn
 from purenet import checkpoint
+from tests.digits import fit_digits
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -188,30 +189,16 @@ def test_sigkill_at_any_moment_leaves_a_whole_checkpoint(tmp_path, delay):
     assert_whole(path)
 
 
-def fit_digits(key, epochs, **kwargs):
-    data = pn.load_digits()
+def fit_small(key, epochs, **kwargs):
     model = pn.serial(pn.Dense(32), pn.ReLU(), pn.Dropout(0.2), pn.Dense(10))
-    _, params = model.init(key, (-1, 64))
-    return pn.fit(
-        model,
-        params,
-        data.x_train,
-        data.y_train,
-        loss=pn.softmax_cross_entropy,
-        optimizer=optax.adam(1e-3),
-        epochs=epochs,
-        batch_size=64,
-        key=jax.random.PRNGKey(3),
-        validation=(data.x_test, data.y_test),
-        **kwargs,
-    )
+    return fit_digits(model, key, epochs=epochs, **kwargs)[0]
 
 
 def test_resuming_gives_bit_identical_params(tmp_path, key):
-    straight = fit_digits(key, 4)
-    fit_digits(key, 2, checkpoint_path=tmp_path / "run")  # "interrupted" after two epochs
+    straight = fit_small(key, 4)
+    fit_small(key, 2, checkpoint_path=tmp_path / "run")  # "interrupted" after two epochs
     assert checkpoint.read_metadata(tmp_path / "run.npz")["epoch"] == 2
-    resumed = fit_digits(key, 4, checkpoint_path=tmp_path / "run")  # picks up at epoch 3
+    resumed = fit_small(key, 4, checkpoint_path=tmp_path / "run")  # picks up at epoch 3
     assert same_tree(straight.params, resumed.params)
     assert same_tree(straight.opt_state, resumed.opt_state)
     assert straight.history["loss"] == resumed.history["loss"]
@@ -220,7 +207,7 @@ def test_resuming_gives_bit_identical_params(tmp_path, key):
 
 
 def test_resuming_into_another_model_is_refused(tmp_path, key):
-    fit_digits(key, 1, checkpoint_path=tmp_path / "run")
+    fit_small(key, 1, checkpoint_path=tmp_path / "run")
     data = pn.load_digits()
     other = pn.serial(pn.Dense(16), pn.ReLU(), pn.Dense(10))
     _, params = other.init(key, (-1, 64))

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import purenet as pn
+from tests.digits import fit_digits
 from tests.strategies import networks
 
 
@@ -74,22 +75,9 @@ def test_mixed_precision_wrapper_casts_at_the_edges(key):
 
 
 def test_fit_under_bfloat16_trains_digits_with_float32_params(key):
-    data = pn.load_digits()
     model = pn.serial(pn.Dense(64), pn.ReLU(), pn.Dense(10))
-    _, params = model.init(key, (-1, 64))
-    result = pn.fit(
-        model,
-        params,
-        data.x_train,
-        data.y_train,
-        loss=pn.softmax_cross_entropy,
-        optimizer=optax.adam(3e-3),
-        epochs=8,
-        batch_size=64,
-        key=key,
-        policy=pn.policy("bfloat16"),
-        validation=(data.x_test, data.y_test),
-        metrics={"accuracy": pn.accuracy},
+    result, _ = fit_digits(
+        model, key, optimizer=optax.adam(3e-3), epochs=8, key=key, policy=pn.policy("bfloat16")
     )
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(result.params)} == {jnp.dtype("float32")}
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(result.opt_state)} <= {

@@ -10,6 +10,7 @@ import pytest
 
 import purenet as pn
 from purenet import train
+from tests.digits import fit_digits
 
 
 def regression_data(key):
@@ -161,22 +162,8 @@ def test_skip_mode_skips_the_bad_steps_and_trains_on(key):
 
 
 def test_validation_metrics_match_an_independent_count(key):
-    data = pn.load_digits()
     model = pn.serial(pn.Dense(32), pn.Tanh(), pn.Dense(10))
-    _, params = model.init(key, (-1, 64))
-    result = pn.fit(
-        model,
-        params,
-        data.x_train,
-        data.y_train,
-        loss=pn.softmax_cross_entropy,
-        optimizer=optax.adam(1e-2),
-        epochs=3,
-        batch_size=64,
-        key=key,
-        validation=(data.x_test, data.y_test),
-        metrics={"accuracy": pn.accuracy},
-    )
+    result, data = fit_digits(model, key, optimizer=optax.adam(1e-2), key=key)
     assert set(result.history) == {"loss", "skipped", "seconds", "val_loss", "val_accuracy"}
     logits = np.asarray(model.apply(result.params, data.x_test), np.float64)
     expected_accuracy = np.mean(logits.argmax(axis=1) == data.y_test)
