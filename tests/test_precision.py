@@ -95,7 +95,7 @@ def test_float16_loss_scale_undoes_itself(key):
     steps = {}
     for scale in (1.0, 1024.0):
         p = pn.Policy(compute_dtype="float16", loss_scale=scale)
-        step = pn.make_train_step(model, pn.mean_squared_error, optax.sgd(0.1), policy=p)
+        step = pn.make_train_step(model, pn.mean_squared_error, optax.sgd(0.1), policy=p, donate=False)
         state, out = step(pn.TrainState(params, optax.sgd(0.1).init(params), jnp.array(True)), x, y, key)
         steps[scale] = state.params
         assert out.loss.dtype == jnp.float32 and bool(out.finite)

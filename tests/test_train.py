@@ -65,9 +65,41 @@ def test_fused_and_step_by_step_loops_train_the_same_params(key, steps_per_dispa
 def test_host_fed_loop_trains_the_same_params(key, monkeypatch):
     """Data too large for the device is fed one minibatch per step, with the same result."""
     on_device = fit_regression(key, pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1)))
-    monkeypatch.setattr(train, "DEVICE_DATA_BYTES", 0)
+    monkeypatch.setattr(train, "_device_data_budget", lambda: 0)
     host_fed = fit_regression(key, pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1)))
     assert leaves_equal(on_device.params, host_fed.params)
+
+
+def test_the_step_consumes_the_state_it_is_given_unless_told_not_to(key):
+    """Donation: the new state takes the old one's buffers; donate=False keeps the old one readable."""
+    model = pn.Dense(1)
+    _, params = model.init(key, (-1, 3))
+    x, y = regression_data(key)
+    optimizer = optax.sgd(0.1)
+    kept = pn.make_train_step(model, pn.mean_squared_error, optimizer, donate=False)
+    state = pn.TrainState(params, optimizer.init(params), jnp.array(True))
+    new_state, _ = kept(state, x, y, key)
+    assert not any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state))
+    expected = jax.tree_util.tree_map(np.asarray, new_state.params)
+
+    donating = pn.make_train_step(model, pn.mean_squared_error, optimizer)
+    copied = jax.tree_util.tree_map(jnp.copy, state)
+    donated_state, _ = donating(copied, x, y, key)
+    assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(copied.params))
+    for a, b in zip(jax.tree_util.tree_leaves(donated_state.params), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_never_consumes_the_callers_params(key):
+    model = pn.Dense(1)
+    _, params = model.init(key, (-1, 3))
+    before = jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True), params)  # no view kept alive
+    for steps_per_dispatch in (None, 1):
+        x, y = regression_data(key)
+        pn.fit(model, params, x, y, loss=pn.mean_squared_error, optimizer=optax.sgd(0.1), epochs=1,
+               batch_size=8, key=key, steps_per_dispatch=steps_per_dispatch)  # fmt: skip
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(before)):
+        np.testing.assert_array_equal(a, b)  # raises "Array has been deleted" if fit donated them
 
 
 def test_fit_matches_a_hand_written_loop(key):
