@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -38,23 +39,34 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmups: int = 1) -> 
 
 
 def interleaved_medians(
-    thunks: dict[str, Callable[[], object]], repeats: int, warmup_rounds: int = 3
+    thunks: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup_rounds: int = 3,
+    calls_per_round: int = 1,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Median seconds of each thunk, timed round-robin so that drift on a noisy machine hits all alike.
+    """Median seconds of each thunk, timed in rounds so that drift on a noisy machine hits all alike.
 
-    ``warmup_rounds`` untimed rounds go first: the first compiles, and the
-    others let an idle GPU raise its clocks (an H200 idles at 345 MHz, and
-    sub-millisecond timings taken while it ramps are off by tens of percent).
+    Each round runs every thunk ``calls_per_round`` times back to back, in an
+    order shuffled afresh (seeded): a fixed order lets one contender always
+    follow the same other, and on a GPU a call that follows a long, hot one
+    (a fused 256-step loop, say) runs at lower clocks.  ``warmup_rounds``
+    untimed rounds go first: the first compiles, and the others let an idle
+    GPU raise its clocks (an H200 idles at 345 MHz, and sub-millisecond
+    timings taken while it ramps are off by tens of percent).
     """
     for _ in range(warmup_rounds):
         for fn in thunks.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in thunks}
+    order, rng = list(thunks), random.Random(seed)
     for _ in range(repeats):
-        for name, fn in thunks.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+        rng.shuffle(order)
+        for name in order:
+            for _ in range(calls_per_round):
+                start = time.perf_counter()
+                thunks[name]()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(samples) for name, samples in times.items()}
 
 
