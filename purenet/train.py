@@ -127,26 +127,47 @@ def _step_function(
             value = value + regularizer(params)
         return value * scale, value
 
+    def update(grads, opt_state, params):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
     def step(state: TrainState, x, y, key):
         (_, value), grads = jax.value_and_grad(cost, has_aux=True)(state.params, x, y, key)
         if scale != 1.0:  # a static loss scale (float16): undo it on the gradients
             grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(value) & all_finite(grads)
         if on_nonfinite == "stop":  # one bad step freezes the state for good
             healthy = apply = state.healthy & finite
         else:  # "skip": only the bad step itself is not applied
             healthy, apply = state.healthy, finite
-        keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
-        new_state = TrainState(
-            jax.tree_util.tree_map(keep, params, state.params),
-            jax.tree_util.tree_map(keep, opt_state, state.opt_state),
-            healthy,
-        )
-        return new_state, StepOutput(value, finite)
+        params, opt_state = _guarded(update, apply, grads, state.opt_state, state.params)
+        return TrainState(params, opt_state, healthy), StepOutput(value, finite)
 
     return step
+
+
+def _guarded(update: Callable, apply: jax.Array, grads, opt_state, params):
+    """``update(grads, opt_state, params)`` where ``apply``, else ``(params, opt_state)`` unchanged.
+
+    Two spellings of one thing, chosen per backend from measurements
+    (``benchmarks/RESULTS.md``): on a CPU a ``lax.cond`` runs the update only
+    when it applies and updates the donated buffers in place, where selecting
+    with ``where`` made XLA copy the state (the small MLP's step: 3% over an
+    unguarded one, against 11%); on a GPU a conditional costs a round trip
+    for its predicate, so the update runs and ``where`` selects, fused into it.
+    """
+
+    def select(*operands):
+        new_params, new_opt_state = update(*operands)
+        keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
+        return jax.tree_util.tree_map(keep, new_params, params), jax.tree_util.tree_map(
+            keep, new_opt_state, opt_state
+        )
+
+    def branch(*operands):
+        return jax.lax.cond(apply, update, lambda g, o, p: (p, o), *operands)
+
+    return jax.lax.platform_dependent(grads, opt_state, params, cpu=branch, default=select)
 
 
 def make_train_step(
