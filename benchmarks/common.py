@@ -70,6 +70,20 @@ def interleaved_medians(
     return {name: statistics.median(samples) for name, samples in times.items()}
 
 
+def peak_bytes(stats) -> int:
+    """A compiled computation's peak device memory from XLA's memory analysis.
+
+    Arguments + outputs + temporaries, less the outputs that reuse donated
+    argument buffers (aliased).
+    """
+    return (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+
+
 def record_header(note: str = "", **versions: str) -> dict:
     """The date, the machine and the versions every benchmark record starts with."""
     import jax

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import interleaved_medians, record_header, save_json
+from common import interleaved_medians, peak_bytes, record_header, save_json
 
 import purenet as pn
 
@@ -197,7 +197,7 @@ def purenet(problem: Problem) -> Contender:
     return Contender(run, lambda: step.lower(box["state"], problem.x, problem.y, key), problem.dtype)
 
 
-def purenet_fit(problem: Problem, steps: int, epochs: int) -> tuple[float, int]:
+def purenet_fit(problem: Problem, steps: int, epochs: int) -> float:
     """Median seconds per step of ``pn.fit``'s fused loop over ``epochs`` epochs of ``steps`` steps.
 
     ``history["seconds"]`` clocks each epoch from its dispatch to its one
@@ -220,7 +220,7 @@ def purenet_fit(problem: Problem, steps: int, epochs: int) -> tuple[float, int]:
         policy=purenet_policy(problem.dtype),
         progress=False,
     )
-    return float(np.median(result.history["seconds"][1:])) / steps, steps
+    return float(np.median(result.history["seconds"][1:])) / steps
 
 
 # --------------------------------------------------------------------------
@@ -360,22 +360,15 @@ def matmul_peak(dtype: str, n: int, repeats: int = 30, chain: int = 10) -> float
     return 2.0 * n**3 / seconds
 
 
-def peak_bytes(contender: Contender) -> int | None:
-    """Arguments + outputs + temporaries - aliased buffers of the compiled step (None if XLA does not say)."""
+def step_memory(contender: Contender) -> int | None:
+    """The compiled step's peak memory (None where the backend has no memory analysis)."""
     try:
         compiled = contender.lowered().compile()
         compiled = getattr(compiled, "compiled", compiled)  # Equinox wraps jax's Compiled
         stats = compiled.memory_analysis()
     except Exception:  # a backend without memory analysis: report, do not fail
         return None
-    if stats is None:
-        return None
-    return (
-        stats.argument_size_in_bytes
-        + stats.output_size_in_bytes
-        + stats.temp_size_in_bytes
-        - stats.alias_size_in_bytes
-    )
+    return None if stats is None else peak_bytes(stats)
 
 
 def version(distribution: str) -> str | None:
@@ -398,10 +391,11 @@ def fused_steps(problem: Problem) -> int:
 
 
 def build(problem: Problem, wanted: list[str]) -> tuple[dict[str, Contender], dict[str, str]]:
+    steps = fused_steps(problem)
     contenders = {
         "raw jax": raw_jax(problem),
         "raw jax donated": raw_jax(problem, donate=True),
-        f"raw jax scan x{fused_steps(problem)}": raw_jax_scan(problem, fused_steps(problem)),
+        f"raw jax scan x{steps}": raw_jax_scan(problem, steps),
         "purenet": purenet(problem),
     }
     missing = {}
@@ -427,10 +421,10 @@ def measure(size: str, dtype: str, repeats: int, peers: list[str], peak: float) 
     )
     seconds = {name: medians[name] / c.steps_per_call for name, c in contenders.items()}
     steps = fused_steps(problem)
-    fit_seconds, _ = purenet_fit(problem, steps, epochs=6 if size in ("small", "medium") else 4)
+    fit_seconds = purenet_fit(problem, steps, epochs=6 if size in ("small", "medium") else 4)
     rows = {}
     for name, c in contenders.items():
-        rows[name] = row(seconds[name], problem, peak, seconds["purenet"], c.compute_dtype, peak_bytes(c))
+        rows[name] = row(seconds[name], problem, peak, seconds["purenet"], c.compute_dtype, step_memory(c))
     rows[f"purenet fit (x{steps})"] = row(fit_seconds, problem, peak, seconds["purenet"], dtype, None)
     return {
         "mlp": list(problem.dims),

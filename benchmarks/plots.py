@@ -28,6 +28,11 @@ def load(name: str) -> dict | None:
         return json.load(f)
 
 
+def available(named_files) -> list[tuple[str, dict]]:
+    """``(label, record)`` for each ``(label, file name)`` whose record exists."""
+    return [(label, record) for label, name in named_files if (record := load(name))]
+
+
 def save(fig, name: str) -> str:
     os.makedirs(FIGURES, exist_ok=True)
     path = os.path.join(FIGURES, name)
@@ -39,8 +44,9 @@ def save(fig, name: str) -> str:
 
 def peers() -> str | None:
     """ms per step of every contender, one panel per (record, size), purenet's bars highlighted."""
-    records = [(label, load(f)) for label, f in PEER_RECORDS]
-    panels = [(label, size, figures) for label, r in records if r for size, figures in r["sizes"].items()]
+    panels = [
+        (label, size, figures) for label, r in available(PEER_RECORDS) for size, figures in r["sizes"].items()
+    ]
     if not panels:
         return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)))
@@ -63,8 +69,7 @@ PEER_RECORDS = [
 
 
 def compile_times() -> str | None:
-    records = [(label, load(f)) for label, f in (("CPU", "compile_cpu.json"), ("H200", "compile_h200.json"))]
-    records = [(label, r) for label, r in records if r]
+    records = available((("CPU", "compile_cpu.json"), ("H200", "compile_h200.json")))
     if not records:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -84,8 +89,7 @@ def compile_times() -> str | None:
 
 
 def remat() -> str | None:
-    records = [(label, load(f)) for label, f in (("CPU", "remat_cpu.json"), ("H200", "remat_h200.json"))]
-    records = [(label, r) for label, r in records if r]
+    records = available((("CPU", "remat_cpu.json"), ("H200", "remat_h200.json")))
     if not records:
         return None
     fig, axes = plt.subplots(1, len(records), figsize=(5 * len(records), 3.5), squeeze=False)
@@ -104,15 +108,13 @@ def remat() -> str | None:
 
 
 def curvature() -> str | None:
-    records = [
-        (label, load(f))
-        for label, f in (
+    records = available(
+        (
             ("CPU f32", "curvature.json"),
             ("H200 f32", "curvature_h200_f32.json"),
             ("H200 bf16", "curvature_h200_bf16.json"),
         )
-    ]
-    records = [(label, r) for label, r in records if r]
+    )
     if not records:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -33,7 +33,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 import optax
-from common import interleaved_medians, record_header, save_json
+from common import interleaved_medians, peak_bytes, record_header, save_json
 
 import purenet as pn
 
@@ -77,12 +77,7 @@ def figures(model: pn.Layer, width: int, x, y) -> tuple[dict, callable]:
     return {
         "activation_mib": mib(gradient.temp_size_in_bytes),
         "saved_mib": mib(residuals.output_size_in_bytes - param_bytes),
-        "step_peak_mib": mib(
-            stats.argument_size_in_bytes
-            + stats.output_size_in_bytes
-            + stats.temp_size_in_bytes
-            - stats.alias_size_in_bytes
-        ),
+        "step_peak_mib": mib(peak_bytes(stats)),
     }, run
 
 

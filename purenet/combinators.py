@@ -492,8 +492,8 @@ def repeat(block: Layer, count: int, *, remat: bool | int = False) -> Layer:
             copy_params, copy_key = copy
             return block.apply(copy_params, h, key=copy_key, train=train).astype(h.dtype), None
 
-        def copies(h, chunk):
-            return jax.lax.scan(step, h, chunk, length=jax.tree_util.tree_leaves(chunk[0])[0].shape[0])[0]
+        def copies(h, chunk):  # the chunk's stacked params give the scan its length
+            return jax.lax.scan(step, h, chunk)[0]
 
         if segment is None or not leaves:
             return jax.lax.scan(step, x, (params, keys), length=count)[0]
