@@ -55,6 +55,8 @@ SIZES = {  # name: (input width, hidden widths, outputs, batch)
 }
 LEARNING_RATE = 1e-3
 DEVICE_DATA_BYTES = 1 << 30  # the fused loop's dataset, as purenet.fit keeps it on the device
+FUSED_SECONDS = 1.0  # a fused dispatch this long amortizes its launch; longer only slows the run
+SHORT_STEP_SECONDS = 5e-3  # a step this short is timed 5 times per turn (launch jitter)
 
 
 @dataclasses.dataclass
@@ -385,13 +387,26 @@ def make_problem(size: str, dtype: str) -> Problem:
     return Problem(inputs, hidden, outputs, batch, dtype, x, y)
 
 
-def fused_steps(problem: Problem) -> int:
-    """Steps per fused dispatch: up to 256, as many batches as fit in the device dataset budget."""
-    return int(max(1, min(256, DEVICE_DATA_BYTES // (problem.batch * problem.inputs * 4))))
+def fused_steps(problem: Problem, step_seconds: float) -> int:
+    """Steps per fused dispatch: up to 256, as many batches as fit in the device dataset budget
+    and as many as run in ``FUSED_SECONDS`` (a 150 ms CPU step needs no 256-step dispatch)."""
+    by_memory = DEVICE_DATA_BYTES // (problem.batch * problem.inputs * 4)
+    by_time = FUSED_SECONDS / step_seconds
+    return int(max(1, min(256, by_memory, by_time)))
 
 
-def build(problem: Problem, wanted: list[str]) -> tuple[dict[str, Contender], dict[str, str]]:
-    steps = fused_steps(problem)
+def estimate_step_seconds(contender: Contender, calls: int = 3) -> float:
+    """Median of a few calls after a compiling one: enough to size the rounds, not a result."""
+    contender.run()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        contender.run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def build(problem: Problem, wanted: list[str], steps: int) -> tuple[dict[str, Contender], dict[str, str]]:
     contenders = {
         "raw jax": raw_jax(problem),
         "raw jax donated": raw_jax(problem, donate=True),
@@ -413,14 +428,15 @@ def build(problem: Problem, wanted: list[str]) -> tuple[dict[str, Contender], di
 
 def measure(size: str, dtype: str, repeats: int, peers: list[str], peak: float) -> dict:
     problem = make_problem(size, dtype)
-    contenders, missing = build(problem, peers)
     start = time.perf_counter()
-    calls = 5 if size in ("small", "medium") else 1  # a sub-millisecond step is timed 5 times per turn
+    step_estimate = estimate_step_seconds(purenet(problem))
+    steps = fused_steps(problem, step_estimate)
+    contenders, missing = build(problem, peers, steps)
+    calls = 5 if step_estimate < SHORT_STEP_SECONDS else 1
     medians = interleaved_medians(
         {name: c.run for name, c in contenders.items()}, repeats, calls_per_round=calls
     )
     seconds = {name: medians[name] / c.steps_per_call for name, c in contenders.items()}
-    steps = fused_steps(problem)
     fit_seconds = purenet_fit(problem, steps, epochs=6 if size in ("small", "medium") else 4)
     rows = {}
     for name, c in contenders.items():
@@ -431,6 +447,8 @@ def measure(size: str, dtype: str, repeats: int, peers: list[str], peak: float) 
         "batch": problem.batch,
         "dtype": dtype,
         "repeats": repeats,
+        "calls_per_round": calls,
+        "fused_steps": steps,
         "flops_per_step": problem.flops_per_step,
         "contenders": rows,
         "missing": missing,

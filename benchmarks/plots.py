@@ -54,8 +54,10 @@ def peers() -> str | None:
         rows = sorted(figures["contenders"].items(), key=lambda item: item[1]["ms"], reverse=True)
         names = [name + ("*" if r["compute_dtype"] != figures["dtype"] else "") for name, r in rows]
         colours = ["tab:orange" if name.startswith("purenet") else "tab:blue" for name, _ in rows]
-        ax.barh(names, [r["ms"] for _, r in rows], color=colours)
-        ax.set_xscale("log")
+        ms = [r["ms"] for _, r in rows]
+        ax.barh(names, ms, color=colours)
+        if max(ms) > 10 * min(ms):  # log only where the bars span decades; else honest bars from zero
+            ax.set_xscale("log")
         ax.set_title(f"{label}: {size} ({figures['dtype']}), ms per step", fontsize=9)
         ax.tick_params(labelsize=7)
     return save(fig, "peers.png")
@@ -94,11 +96,17 @@ def remat() -> str | None:
         return None
     fig, axes = plt.subplots(1, len(records), figsize=(5 * len(records), 3.5), squeeze=False)
     for ax, (label, r) in zip(axes[0], records):
+        labels = {}  # settings that land on one point (serial on the CPU) share one label
         for kind, marker in (("repeat", "o"), ("serial", "s")):
-            rows = r["kinds"].get(kind, {})
-            for name, row in rows.items():
-                ax.scatter(row["time_ratio"], row["activation_cut"], marker=marker)
-                ax.annotate(f"{kind}: {name}", (row["time_ratio"], row["activation_cut"]), fontsize=6)
+            for name, row in r["kinds"].get(kind, {}).items():
+                point = (row["time_ratio"], row["activation_cut"])
+                ax.scatter(*point, marker=marker)
+                near = next(
+                    (q for q in labels if abs(q[0] - point[0]) < 0.03 and abs(q[1] - point[1]) < 0.1), point
+                )
+                labels.setdefault(near, []).append(f"{kind}: {name}")
+        for point, names in labels.items():
+            ax.annotate(", ".join(names), point, fontsize=6)
         ax.axhline(4, color="grey", lw=0.5)
         ax.axvline(1.4, color="grey", lw=0.5)
         ax.set_xlabel("step time / no remat")

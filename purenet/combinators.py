@@ -119,9 +119,11 @@ def serial(*layers: Layer, remat: bool | int = False) -> Layer:
         segment's inside when the backward pass reaches it (Chen et al.
         2016, "Training deep nets with sublinear memory cost"); an int k
         uses segments of k children.  It costs about one more forward pass.
-        (On XLA's CPU backend the unrolled ``serial`` gains nothing: its
-        scheduler runs the recomputations early.  ``repeat``'s scan keeps
-        the order on every backend.)
+        (On XLA's CPU backend the unrolled ``serial`` gains nothing: the
+        CPU compiler expands ``jax.checkpoint``'s optimization barriers
+        before its CSE and scheduling passes, which then merge the
+        recomputation into the forward pass or run it early.  ``repeat``'s
+        scan keeps the recomputation in its loop on every backend.)
 
     Returns:
       A Layer whose params are the tuple of its children's params.
