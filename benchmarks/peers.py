@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import interleaved_medians, peak_bytes, record_header, save_json
+from common import interleaved_medians, median_seconds, peak_bytes, record_header, save_json
 
 import purenet as pn
 
@@ -395,17 +395,6 @@ def fused_steps(problem: Problem, step_seconds: float) -> int:
     return int(max(1, min(256, by_memory, by_time)))
 
 
-def estimate_step_seconds(contender: Contender, calls: int = 3) -> float:
-    """Median of a few calls after a compiling one: enough to size the rounds, not a result."""
-    contender.run()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        contender.run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def build(problem: Problem, wanted: list[str], steps: int) -> tuple[dict[str, Contender], dict[str, str]]:
     contenders = {
         "raw jax": raw_jax(problem),
@@ -429,7 +418,7 @@ def build(problem: Problem, wanted: list[str], steps: int) -> tuple[dict[str, Co
 def measure(size: str, dtype: str, repeats: int, peers: list[str], peak: float) -> dict:
     problem = make_problem(size, dtype)
     start = time.perf_counter()
-    step_estimate = estimate_step_seconds(purenet(problem))
+    step_estimate = median_seconds(purenet(problem).run, repeats=3)  # sizes the rounds; not a result
     steps = fused_steps(problem, step_estimate)
     contenders, missing = build(problem, peers, steps)
     calls = 5 if step_estimate < SHORT_STEP_SECONDS else 1

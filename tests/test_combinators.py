@@ -1,5 +1,6 @@
 """serial, parallel, fan_out/fan_in, residual, dense_block and repeat."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,6 +204,9 @@ def test_keys_reach_dropout_in_every_combinator(key):
     close(model.apply(params, X), model.apply(params, X, train=False))
 
 
+CLOSE = dict(rtol=1e-5, atol=1e-6)  # remat recomputes in float32: same values up to rounding
+
+
 @pytest.mark.parametrize("remat", [True, 1, 3, 4])
 def test_repeat_remat_changes_memory_not_values(key, remat):
     """Segments recomputed in the backward pass give the gradient of the plain scan (10 copies: 3 and
@@ -212,9 +216,7 @@ def test_repeat_remat_changes_memory_not_values(key, remat):
     _, params = plain.init(key, (-1, 6))
     x, y = jax.random.normal(key, (5, 6)), jax.random.normal(jax.random.PRNGKey(1), (5, 6))
     loss = lambda model: lambda p: pn.mean_squared_error(model.apply(p, x), y)  # noqa: E731
-    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(plain))(params)),
-                    jax.tree_util.tree_leaves(jax.grad(loss(rematted))(params))):  # fmt: skip
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(jax.grad(loss(plain))(params), jax.grad(loss(rematted))(params), **CLOSE)
     pn.check_gradients(rematted, params, x, y, loss=pn.mean_squared_error)
 
 
@@ -224,9 +226,8 @@ def test_serial_remat_changes_memory_not_values(key, remat):
     plain, rematted = pn.serial(*layers), pn.serial(*layers, remat=remat)
     _, params = plain.init(key, (-1, 4))
     x, y = jax.random.normal(key, (5, 4)), jax.random.normal(jax.random.PRNGKey(1), (5, 3))
-    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(lambda p: pn.mean_squared_error(plain.apply(p, x), y))(params)),
-                    jax.tree_util.tree_leaves(jax.grad(lambda p: pn.mean_squared_error(rematted.apply(p, x), y))(params))):  # fmt: skip
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    grad = lambda model: jax.grad(lambda p: pn.mean_squared_error(model.apply(p, x), y))(params)  # noqa: E731
+    chex.assert_trees_all_close(grad(plain), grad(rematted), **CLOSE)
     pn.check_gradients(rematted, params, x, y, loss=pn.mean_squared_error)
 
 
@@ -237,8 +238,7 @@ def test_remat_recomputes_dropout_with_the_same_mask(key):
     _, params = plain.init(key, (-1, 8))
     x = jax.random.normal(key, (6, 8))
     grad = lambda model: jax.grad(lambda p: jnp.sum(model.apply(p, x, key=key, train=True) ** 2))(params)  # noqa: E731
-    for a, b in zip(jax.tree_util.tree_leaves(grad(plain)), jax.tree_util.tree_leaves(grad(rematted))):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(grad(plain), grad(rematted), **CLOSE)
 
 
 def test_repeat_remat_keeps_less_for_the_backward_pass(key):
@@ -283,7 +283,4 @@ def test_remat_models_keep_their_hessian_vector_products(key):
         (pn.serial(block, block, block), pn.serial(block, block, block, remat=1)),
     ]
     for plain, rematted in pairs:
-        for a, b in zip(
-            jax.tree_util.tree_leaves(product(plain)), jax.tree_util.tree_leaves(product(rematted))
-        ):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(product(plain), product(rematted), **CLOSE)
