@@ -3,26 +3,18 @@
 from purenet import checkpoint, curvature, data, reference
 from purenet.check import GradientCheckError, GradientReport, check_gradients, check_layer
 from purenet.checkpoint import CheckpointError
-from purenet.combinators import (
-    dense_block,
-    fan_in_concat,
-    fan_in_sum,
-    fan_out,
-    parallel,
-    repeat,
-    residual,
-    serial,
-)
+from purenet.combinators import dense_block, parallel, residual, serial
 from purenet.core import (
     ConfigError,
+    InitPolicy,
     InputTypeError,
     Layer,
     MissingReferenceError,
     ParamsError,
     PurenetError,
+    Reference,
     ShapeError,
-    count_params,
-    summary,
+    check_like,
 )
 from purenet.curvature import (
     CGResult,
@@ -66,23 +58,27 @@ from purenet.layers import (
     Softplus,
     Tanh,
     elementwise,
+    fan_in_concat,
+    fan_in_sum,
+    fan_out,
 )
 from purenet.losses import (
     OUTPUT_UNITS,
-    L1Penalty,
-    L2Penalty,
+    Loss,
     LossReference,
     OutputUnit,
     binary_cross_entropy,
     gaussian_nll,
-    l1_penalty,
-    l2_penalty,
     mean_squared_error,
     multiclass_hinge,
     softmax_cross_entropy,
 )
+from purenet.penalties import L1Penalty, L2Penalty, l1_penalty, l2_penalty
 from purenet.precision import Policy, mixed_precision, policy
-from purenet.reference import reference_gradient, textbook_mlp_gradient
+from purenet.reference import reference_gradient
+from purenet.repeat import repeat
+from purenet.summary import count_params, summary
+from purenet.textbook import textbook_mlp_gradient
 from purenet.train import (
     FitResult,
     NonFiniteLossError,
@@ -114,11 +110,13 @@ __all__ = [
     "GradientReport",
     "HardTanh",
     "Identity",
+    "InitPolicy",
     "InputTypeError",
     "L1Penalty",
     "L2Penalty",
     "Layer",
     "LeakyReLU",
+    "Loss",
     "LossReference",
     "LowRankDense",
     "Maxout",
@@ -133,6 +131,7 @@ __all__ = [
     "PurenetError",
     "RBF",
     "ReLU",
+    "Reference",
     "ShapeError",
     "Sigmoid",
     "Softplus",
@@ -148,6 +147,7 @@ __all__ = [
     "cg_solve",
     "check_gradients",
     "check_layer",
+    "check_like",
     "checkpoint",
     "count_params",
     "curvature",

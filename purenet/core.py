@@ -1,17 +1,21 @@
-"""The Layer record, shape and parameter checks, and the library's errors.
+"""The Layer and Reference records, the library's errors, and the one tree check.
 
-A layer is three functions in one record (DESIGN.md):
+A layer is a small, hashable record (DESIGN.md):
 
     init(key, input_shape)                      -> (output_shape, params)
     apply(params, x, *, key=None, train=False)  -> y
-    bprop(params, x, g_out)                     -> (g_params, g_x)
 
 ``init`` infers every shape from ``input_shape`` alone, whose batch axis is
 written ``-1`` or ``None``.  ``apply`` is written in ``jax.numpy`` and is
-jit-able.  ``bprop`` is the hand-derived backward pass in NumPy float64,
-written beside ``np_apply``, the same forward formula in NumPy, so that the
-reference runs end to end without JAX (``purenet.reference``); both are
-``None`` where no reference is written (a user's own layer, say).
+jit-able.  Everything hand-derived sits apart, in one ``Reference`` record
+that layers, losses and penalties all carry the same way: the forward in
+NumPy float64 returning a pullback (the backward, reusing the forward's
+values as micrograd's closures do), the distance to the nearest kink, and a
+slot for the second-order R-operator pass.
+
+``check_like`` is the one place trees are compared: apply's params, what a
+reference's backward returns, curvature vectors, stacked params and loaded
+checkpoints all go through it, and it names the first mismatching leaf.
 
 Every check here runs at trace time, on static shapes and dtypes, so a
 checked ``apply`` costs nothing once it is jit-compiled.
@@ -20,10 +24,10 @@ checked ``apply`` costs nothing once it is jit-compiled.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,48 +38,126 @@ Params = Any  # a pytree of arrays
 Initializer = Callable[..., jax.Array]  # jax.nn.initializers signature
 InitFn = Callable[[jax.Array, Shape], tuple[Shape, Params]]
 ApplyFn = Callable[..., jax.Array]
-BpropFn = Callable[[Params, np.ndarray, np.ndarray], tuple[Params, np.ndarray]]
-NpApplyFn = Callable[[Params, np.ndarray], np.ndarray]
-KinksFn = Callable[[Params, np.ndarray], float]
+Pullback = Callable[[Any], Any]
 
 
-class Layer(NamedTuple):
+# --------------------------------------------------------------------------
+# The records
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Reference:
+    """A hand-derived reference, in NumPy float64 and independent of JAX.
+
+    One record serves layers, losses and penalties; only the arguments differ:
+
+    ========  =========================  ====================================
+    owner     ``forward(*args)``         ``pullback(g)``
+    ========  =========================  ====================================
+    layer     ``(params, x)``            ``g_y -> (g_params, g_x)``
+    loss      ``(outputs, targets)``     ``g_L -> g_outputs``
+    penalty   ``(params,)``              ``g_value -> g_params``
+    ========  =========================  ====================================
+
+    ``forward(*args)`` returns ``(value, pullback)``: the pullback is the
+    book's ``op.bprop`` (Algorithm 6.2) closed over the forward's values, so
+    the backward never recomputes the forward.
+
+    Attributes:
+      forward: the forward formula, returning ``(value, pullback)``.
+      kinks: for a function that is not differentiable everywhere,
+        ``kinks(*args) -> distance``: how far the point is from the nearest
+        kink (the smallest |z| at a rectifier, the smallest gap between a
+        maxout unit's top two pieces), so that a finite-difference check can
+        tell when its steps straddle one.  ``None`` means smooth.
+      rop: the second-order pass (Pearlmutter's R-operator); ``None`` until
+        it is written.
+    """
+
+    forward: Callable[..., tuple[Any, Pullback]]
+    kinks: Callable[..., float] | None = None
+    rop: Callable[..., Any] | None = None
+
+    @classmethod
+    def from_bprop(
+        cls,
+        np_apply: Callable[[Params, Any], Any],
+        bprop: Callable[[Params, Any, Any], tuple[Params, Any]],
+        kinks: Callable[[Params, Any], float] | None = None,
+    ) -> Reference:
+        """A layer's reference from a NumPy forward and a ``bprop(params, x, g_y) -> (g_params, g_x)``."""
+        return cls(lambda params, x: (np_apply(params, x), lambda g: bprop(params, x, g)), kinks)
+
+    def value(self, *args: Any) -> Any:
+        """The forward's value alone (a layer's output, a loss's or penalty's value)."""
+        return self.forward(*args)[0]
+
+    def bprop(self, *args: Any) -> Any:
+        """``bprop(*args, g)``: the backward at ``args`` for the upstream gradient ``g``."""
+        *inputs, g = args
+        return self.forward(*inputs)[1](g)
+
+    def value_and_grad(self, *args: Any) -> tuple[Any, Any]:
+        """For a scalar (a loss, a penalty): ``(value, gradient)``, the pullback of 1."""
+        value, pullback = self.forward(*args)
+        return value, pullback(1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class InitPolicy:
+    """Which initializer the weights feeding a unit get, and from whom.
+
+    He initialization suits rectifiers and Glorot suits sigmoid and tanh
+    (Glorot and Bengio 2010; He et al. 2015): the choice belongs to the unit,
+    but the weights live in the layer before it.  So a unit states what it
+    prefers, a weight layer built *without* an explicit weight initializer
+    states how to rebuild itself with one, and ``serial`` (the one place that
+    knows which layer precedes which) joins the two.  A weight initializer
+    the user passed is never replaced: such a layer has ``rebuild=None``.
+
+    Attributes:
+      prefers: for a unit, the initializer it wants for the weights before it.
+      rebuild: for a weight layer on its default initializer,
+        ``rebuild(initializer) -> Layer``, the same layer with that one.
+    """
+
+    prefers: Initializer | None = None
+    rebuild: Callable[[Initializer], Layer] | None = None
+
+
+NO_INIT_POLICY = InitPolicy()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layer:
     """One building block: pure functions over a plain parameter pytree.
+
+    Hashable by identity and not a pytree: a model can be closed over or passed
+    to ``jax.jit`` as a static argument, and never flattens into functions.
 
     Attributes:
       init: ``init(key, input_shape) -> (output_shape, params)``.
       apply: ``apply(params, x, *, key=None, train=False) -> y``.
-      bprop: the hand-derived backward pass
-        ``bprop(params, x, g_out) -> (g_params, g_x)`` in NumPy float64, or
-        ``None`` where the layer has none.  ``g_out`` is dJ/dy for the output
-        y; it returns dJ/dparams (the params' structure) and dJ/dx.
       name: how errors and summaries name the layer, e.g. ``"Dense(64)"``.
       children: the sub-layers of a combinator, in order; empty for a leaf.
-      preferred_init: for a unit (an activation), the weight initializer that
-        suits the weights feeding it: He for the rectifier family, Glorot for
-        sigmoid and tanh.  ``serial`` hands it to the layer before the unit.
-      with_init: for a weight layer built without an explicit weight
-        initializer, ``with_init(initializer)`` rebuilds it with that one;
-        ``None`` when the user chose the initializer.
-      np_apply: the forward in NumPy float64, ``np_apply(params, x) -> y``,
-        the same formula as ``apply`` (in evaluation mode: dropout is off);
-        ``None`` where the layer has no reference.
-      kinks: for a layer that is not differentiable everywhere,
-        ``kinks(params, x) -> distance``: how far the point is from the
-        nearest kink (the smallest |z| at a rectifier, the smallest gap
-        between a maxout unit's top two pieces), so that a finite-difference
-        check can tell when its steps straddle one.  ``None`` means smooth.
+      reference: the hand-derived ``Reference`` (forward returning its
+        pullback, kinks), or ``None`` where none is written.
+      init_policy: the ``InitPolicy`` that ``serial`` reads (what a unit
+        prefers for the weights before it; how a weight layer on its default
+        initializer is rebuilt with another).
     """
 
     init: InitFn
     apply: ApplyFn
-    bprop: BpropFn | None = None
     name: str = "layer"
     children: tuple[Layer, ...] = ()
-    preferred_init: Initializer | None = None
-    with_init: Callable[[Initializer], Layer] | None = None
-    np_apply: NpApplyFn | None = None
-    kinks: KinksFn | None = None
+    reference: Reference | None = None
+    init_policy: InitPolicy = NO_INIT_POLICY
+
+    def replace(self, **changes: Any) -> Layer:
+        """A copy with the given fields changed."""
+        return dataclasses.replace(self, **changes)
 
 
 # --------------------------------------------------------------------------
@@ -88,20 +170,23 @@ class PurenetError(Exception):
 
     ``path`` is the position in the params tree (and so in the model), built
     outward as the error passes up through combinators: ``params[1]['block']``.
+    ``root`` names the tree the path runs in (``params``, or ``v``, or
+    ``g_params returned by the reference``).
     """
 
-    def __init__(self, layer: str, message: str, leaf: str = ""):
+    def __init__(self, layer: str, message: str, leaf: str = "", root: str = "params"):
         super().__init__(message)
         self.layer = layer
         self.message = message
         self.leaf = leaf
+        self.root = root
         self.path: list[str] = []
 
     def __str__(self) -> str:
         where = "".join(self.path) + self.leaf
         if not where:
             return f"{self.layer}: {self.message}"
-        return f"{self.layer} at params{where}: {self.message}"
+        return f"{self.layer} at {self.root}{where}: {self.message}"
 
 
 class ShapeError(PurenetError, ValueError):
@@ -109,7 +194,7 @@ class ShapeError(PurenetError, ValueError):
 
 
 class ParamsError(PurenetError, ValueError):
-    """A params tree that does not fit the model."""
+    """A params tree (or another tree that must match one) that does not fit."""
 
 
 class ConfigError(PurenetError, ValueError):
@@ -135,7 +220,151 @@ def located(step: str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------
-# Checks on constructor arguments, shapes and params
+# The one tree check
+# --------------------------------------------------------------------------
+
+
+def dtype_kind(dtype: Any) -> str:
+    """``"floating"``, ``"complex"``, ``"integer"``, ``"bool"`` or ``"other"`` (bfloat16 is floating)."""
+    for kind, base in (("floating", jnp.floating), ("complex", jnp.complexfloating)):
+        if jnp.issubdtype(dtype, base):
+            return kind
+    if jnp.issubdtype(dtype, jnp.integer):
+        return "integer"
+    return "bool" if jnp.issubdtype(dtype, jnp.bool_) else "other"
+
+
+def _is_container(node: Any) -> bool:
+    return node is None or isinstance(node, (Mapping, list, tuple))
+
+
+def describe_tree(tree: Any) -> str:
+    """A short description of a tree node for error messages."""
+    if tree is None:
+        return "None"
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return f"a {type(tree).__name__}"
+    if isinstance(tree, (tuple, list)):
+        return f"a {type(tree).__name__} of {len(tree)} entries"
+    if isinstance(tree, Mapping):
+        return f"a dict with keys {sorted(map(str, tree))}"
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        return f"an array of shape {tuple(tree.shape)} ({tree.dtype})"
+    return f"a {type(tree).__name__}"
+
+
+class _Mismatch(Exception):  # noqa: N818 - internal signal, caught in check_like
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def _compare_leaf(leaf: Any, spec: Any, path: str, leading: tuple, context: str, dtypes: bool) -> None:
+    if _is_container(leaf):
+        raise _Mismatch(path, f"expected an array, got {describe_tree(leaf)}")
+    try:
+        got_shape, got_dtype = tuple(np.shape(leaf)), jnp.result_type(leaf)
+    except (TypeError, ValueError):
+        raise _Mismatch(path, f"expected an array, got {describe_tree(leaf)}") from None
+    want_shape = (*leading, *tuple(spec.shape))
+    if got_shape != want_shape:
+        raise _Mismatch(path, f"expected shape {want_shape}{context}, got {got_shape}")
+    if dtypes:
+        want_kind, got_kind = dtype_kind(spec.dtype), dtype_kind(got_dtype)
+        if want_kind != got_kind:
+            raise _Mismatch(path, f"expected a {want_kind} dtype like {spec.dtype}, got {got_dtype}")
+
+
+def _compare(tree: Any, spec: Any, path: str, leading: tuple, context: str, dtypes: bool) -> None:
+    """Walk ``spec`` and ``tree`` together; raise ``_Mismatch`` at the first difference."""
+    if isinstance(spec, Mapping):
+        if not isinstance(tree, Mapping):
+            keys = sorted(map(str, spec))
+            raise _Mismatch(path, f"expected a dict with keys {keys}, got {describe_tree(tree)}")
+        if set(tree) != set(spec):
+            raise _Mismatch(path, f"expected keys {sorted(map(str, spec))}, got {sorted(map(str, tree))}")
+        for key in tree:  # the tree's own order: the user's dict reads as they wrote it
+            _compare(tree[key], spec[key], f"{path}[{key!r}]", leading, context, dtypes)
+    elif isinstance(spec, (tuple, list)) and not hasattr(spec, "_fields"):
+        if type(tree) is not type(spec) or len(tree) != len(spec):
+            raise _Mismatch(path, f"expected {describe_tree(spec)}, got {describe_tree(tree)}")
+        for index, (t, s) in enumerate(zip(tree, spec)):
+            _compare(t, s, f"{path}[{index}]", leading, context, dtypes)
+    elif spec is None:
+        if tree is not None:
+            raise _Mismatch(path, f"expected None, got {describe_tree(tree)}")
+    elif hasattr(spec, "shape") and hasattr(spec, "dtype") and not _is_container(spec):
+        _compare_leaf(tree, spec, path, leading, context, dtypes)
+    else:  # any other registered pytree node (a NamedTuple, an optax state): same treedef, then leaves
+        tree_leaves, tree_def = jax.tree_util.tree_flatten_with_path(tree)
+        spec_leaves, spec_def = jax.tree_util.tree_flatten_with_path(spec)
+        if tree_def != spec_def:
+            raise _Mismatch(path, f"expected the structure {spec_def}, got {tree_def}")
+        for (key, t), (_, s) in zip(tree_leaves, spec_leaves):
+            _compare(t, s, path + jax.tree_util.keystr(key), leading, context, dtypes)
+
+
+def check_like(
+    tree: Any,
+    template: Any,
+    *,
+    layer: str,
+    what: str = "params",
+    leading: int | bool | None = None,
+    context: str = "",
+    dtypes: bool = True,
+    error: type[PurenetError] = ParamsError,
+) -> int | None:
+    """Check that ``tree`` has ``template``'s structure, leaf shapes and dtype kinds.
+
+    The one tree check of the library.  Structure means the same containers
+    (dict keys, tuple or list lengths) all the way down; every leaf must have
+    the template leaf's shape (after a leading axis, with ``leading``) and the
+    same dtype kind (floating, complex, integer, bool), any precision.
+
+    Args:
+      tree: the tree to check (params, a gradient, a vector, a checkpoint).
+      template: arrays or ``jax.ShapeDtypeStruct`` leaves, e.g. from
+        ``jax.eval_shape(layer.init, ...)``.
+      layer: who checks, for the message (``"Dense(3)"``, ``"hvp"``).
+      what: the tree's name, the root of the path in the message.
+      leading: ``None``; an int n: every leaf carries a leading axis of n
+        (stacked params, a batch of vectors); ``True``: a leading axis of one
+        common length, which is returned.
+      context: appended to the expected shape, e.g. ``" for an input of width 4"``.
+      dtypes: also compare dtype kinds.
+      error: the ``PurenetError`` subclass raised.
+
+    Returns:
+      The leading axis length when ``leading`` is given, else ``None``.
+
+    Raises:
+      ``error`` naming the first mismatching path, what was expected and what came.
+    """
+    count = _leading_count(tree, layer, what, error) if leading is True else leading
+    prefix = () if count is None or count is False else (int(count),)
+    try:
+        _compare(tree, template, "", prefix, context, dtypes)
+    except _Mismatch as mismatch:
+        raise error(layer, mismatch.message, leaf=mismatch.path, root=what) from None
+    return None if count is None or count is False else int(count)
+
+
+def _leading_count(tree: Any, layer: str, what: str, error: type[PurenetError]) -> int:
+    """The common length of the leading axis of every leaf of ``tree``."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if np.ndim(leaf) == 0:
+            where = jax.tree_util.keystr(path)
+            raise error(layer, "expected a leading axis on every leaf, got a scalar", where, what)
+    counts = {np.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(tree)}
+    if len(counts) != 1:
+        raise error(layer, f"every leaf of {what} needs the same leading axis, got lengths {sorted(counts)}")
+    return counts.pop()
+
+
+# --------------------------------------------------------------------------
+# Checks on constructor arguments, shapes and inputs
 # --------------------------------------------------------------------------
 
 
@@ -202,49 +431,42 @@ def check_no_params(layer: str, params: Params) -> None:
 
 
 def check_params(layer: str, params: Params, expected: Mapping[str, tuple], width: int | None = None) -> None:
-    """Check that ``params`` is a dict with exactly ``expected``'s keys and shapes.
+    """Check a leaf layer's dict of params against the shapes its input width implies.
 
     ``width``, the input's feature width, is quoted in the message when given,
     since a wrong input and wrong params look alike from inside a layer.
     """
-    if not isinstance(params, Mapping):
-        raise ParamsError(
-            layer,
-            f"expected a dict with keys {sorted(expected)}, got {describe_tree(params)}",
-        )
-    if set(params) != set(expected):
-        raise ParamsError(layer, f"expected keys {sorted(expected)}, got {sorted(map(str, params))}")
-    for key, shape in expected.items():
-        got = np.shape(params[key])
-        if got != tuple(shape):
-            raise ParamsError(
-                layer,
-                f"expected shape {tuple(shape)}"
-                + ("" if width is None else f" for an input of width {width}")
-                + f", got {got}",
-                leaf=f"[{key!r}]",
-            )
+    template = {key: jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for key, shape in expected.items()}
+    context = "" if width is None else f" for an input of width {width}"
+    check_like(params, template, layer=layer, context=context)
 
 
-def check_sequence_params(layer: str, params: Params, count: int) -> Sequence:
-    """A combinator's params must be a sequence with one entry per child."""
+@functools.lru_cache(maxsize=4096)
+def _init_params_template(init: InitFn, width: int) -> Params:
+    """The params ``init`` builds for inputs of feature width ``width``, as shapes and dtypes only."""
+    return jax.eval_shape(lambda key: init(key, (-1, width))[1], jax.random.PRNGKey(0))
+
+
+def check_params_like_init(layer: str, init: InitFn, params: Params, x: jax.Array) -> None:
+    """Check a leaf layer's params against what its own ``init`` builds for ``x``'s feature width.
+
+    The layout is stated once, in ``init``; ``apply`` derives it with
+    ``jax.eval_shape`` (cached per width, so it costs one trace per layer and
+    width) instead of restating it by hand.
+    """
+    width = x.shape[-1]
+    template = _init_params_template(init, width)
+    check_like(params, template, layer=layer, context=f" for an input of width {width}")
+
+
+def check_sequence_params(layer: str, params: Params, count: int) -> tuple:
+    """A combinator's params must be a tuple (or list) with one entry per child."""
     if not isinstance(params, (tuple, list)) or len(params) != count:
         raise ParamsError(
             layer,
             f"expected a tuple of {count} entries (one per child layer), got {describe_tree(params)}",
         )
-    return params
-
-
-def describe_tree(tree: Params) -> str:
-    """A short description of a params tree for error messages."""
-    if isinstance(tree, (tuple, list)):
-        return f"a {type(tree).__name__} of {len(tree)} entries"
-    if isinstance(tree, Mapping):
-        return f"a dict with keys {sorted(map(str, tree))}"
-    if hasattr(tree, "shape"):
-        return f"an array of shape {tuple(tree.shape)}"
-    return repr(tree)
+    return tuple(params)
 
 
 # --------------------------------------------------------------------------
@@ -279,114 +501,3 @@ def split_key(key: jax.Array | None, count: int) -> list[jax.Array | None]:
     if key is None:
         return [None] * count
     return list(jax.random.split(key, count))
-
-
-# --------------------------------------------------------------------------
-# Initializing children, with summary rows recorded
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SummaryRow:
-    """One line of ``summary``: a layer's place, name, output shape and parameter count."""
-
-    depth: int
-    path: str
-    name: str
-    output_shape: Any
-    params: int
-
-
-@dataclasses.dataclass
-class _Recorder:
-    rows: list[SummaryRow] = dataclasses.field(default_factory=list)
-    depth: int = 0
-    path: str = ""
-    quiet: bool = False
-
-
-_RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar(
-    "purenet_summary_recorder", default=None
-)
-
-
-def count_params(params: Params) -> int:
-    """The number of scalar parameters in a params pytree."""
-    return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
-
-
-def init_child(child: Layer, key: jax.Array, input_shape: Shape, step: str) -> tuple[Shape, Params]:
-    """Initialize a combinator's child at ``step``: locate its errors, record its summary row."""
-    recorder = _RECORDER.get()
-    with located(step):
-        if recorder is None or recorder.quiet:
-            return child.init(key, input_shape)
-        row = len(recorder.rows)
-        outer_path = recorder.path
-        recorder.rows.append(SummaryRow(recorder.depth, outer_path + step, child.name, None, 0))
-        recorder.depth += 1
-        recorder.path = outer_path + step
-        try:
-            output_shape, params = child.init(key, input_shape)
-        finally:
-            recorder.depth -= 1
-            recorder.path = outer_path
-        recorder.rows[row].output_shape = output_shape
-        recorder.rows[row].params = count_params(params)
-        return output_shape, params
-
-
-@contextlib.contextmanager
-def quiet_init() -> Iterator[None]:
-    """Record no summary rows inside (for the copies ``repeat`` stacks)."""
-    recorder = _RECORDER.get()
-    if recorder is None:
-        yield
-        return
-    previous, recorder.quiet = recorder.quiet, True
-    try:
-        yield
-    finally:
-        recorder.quiet = previous
-
-
-def summary_rows(layer: Layer, input_shape: Shape, key: jax.Array | None = None) -> list[SummaryRow]:
-    """Initialize ``layer`` and return a row per layer in the model, outermost first."""
-    recorder = _Recorder()
-    token = _RECORDER.set(recorder)
-    try:
-        init_child(layer, jax.random.PRNGKey(0) if key is None else key, input_shape, "")
-    finally:
-        _RECORDER.reset(token)
-    return recorder.rows
-
-
-def summary(layer: Layer, input_shape: Shape, key: jax.Array | None = None) -> str:
-    """A table of every layer's output shape and parameter count.
-
-    Args:
-      layer: the model.
-      input_shape: its input shape, batch axis as -1.
-      key: PRNG key for the throwaway initialization (default ``PRNGKey(0)``).
-
-    Returns:
-      The table as a string, one row per layer (children indented under their
-      combinator, whose count includes theirs) and the total at the bottom.
-    """
-    rows = summary_rows(layer, input_shape, key)
-    names = ["  " * r.depth + r.name for r in rows]
-    paths = [r.path or "params" for r in rows]
-    shapes = [str(r.output_shape) for r in rows]
-    counts = [f"{r.params:,}" for r in rows]
-    headers = ("layer", "params path", "output shape", "params")
-    columns = [names, paths, shapes, counts]
-    widths = [max(len(h), *(len(c) for c in col)) for h, col in zip(headers, columns)]
-
-    def line(cells: Sequence[str]) -> str:
-        left = [c.ljust(w) for c, w in zip(cells[:-1], widths)]
-        return "  ".join([*left, cells[-1].rjust(widths[-1])])
-
-    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-    body = [line(cells) for cells in zip(*columns)]
-    total = f"total parameters: {rows[0].params:,}"
-    return "\n".join([line(headers), rule, *body, rule, total])

@@ -16,9 +16,11 @@ a float32-or-wider scalar.  ``OUTPUT_UNITS`` pairs each loss with the
 prediction its unit makes, so a model's output is never fed to a loss of
 another unit ("don't mix and match").
 
-Each loss also has a hand-derived reference in NumPy float64 right below it,
-``value_and_grad(outputs, targets) -> (L, dL/doutputs)``, found with
-``loss_reference(loss)``.  Over N averaged entries (or rows):
+Every loss is a ``Loss`` record: callable like a function, carrying its
+hand-derived reference in NumPy float64 (written right below the JAX loss,
+``value_and_grad(outputs, targets) -> (L, dL/doutputs)``, as ``loss.reference``)
+and the facts a trainer needs (``loss.class_labels``).  Over N averaged
+entries (or rows):
 
     mean_squared_error      2 (z - y) / N
     binary_cross_entropy    (sigma(z) - y) / N
@@ -28,15 +30,14 @@ Each loss also has a hand-derived reference in NumPy float64 right below it,
     multiclass_hinge        (t - onehot(y)) / N, t spreading 1 evenly over the
                             classes tied for max_j (z_j + [j != y]), as jnp.max does
 
-The penalties ``L2Penalty`` and ``L1Penalty`` carry lambda grad Omega the
-same way: lambda w, and lambda sign(w) with sign(0) = 0 (the smallest
-subgradient; ``l1_penalty`` is written w sign(w) so that JAX agrees).
+The norm penalties, which carry their references the same way, are in
+``purenet.penalties``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from purenet.core import InputTypeError, MissingReferenceError, ShapeError, check_input
+from purenet.core import InputTypeError, MissingReferenceError, Reference, ShapeError, check_input
 from purenet.layers.activations import np_sigmoid, np_softplus
 
 
@@ -71,7 +72,7 @@ def _integer_labels(loss: str, logits: jax.Array, labels) -> jax.Array:
     return labels
 
 
-def mean_squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+def _mean_squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean of (outputs - targets)^2: a linear unit's loss (a unit-variance Gaussian NLL up to constants)."""
     outputs = check_input("mean_squared_error", outputs)
     targets = _targets_like("mean_squared_error", outputs, targets, float_targets=True)
@@ -83,7 +84,7 @@ def _mse_reference(z: np.ndarray, y: np.ndarray):
     return np.mean(residual**2), 2.0 * residual / residual.size
 
 
-def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+def _binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """A sigmoid unit's NLL from its logit z: mean of zeta((1 - 2y) z) for y in {0, 1}.
 
     Computed by optax through log-sigmoids, which is the softplus form
@@ -100,7 +101,7 @@ def _bce_reference(z: np.ndarray, y: np.ndarray):
     return np.mean(np_softplus(z) - y * z), (np_sigmoid(z) - y) / z.size
 
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """A softmax unit's NLL from its logits: mean of logsumexp(z) - z_y (eq. 6.30).
 
     Args:
@@ -148,7 +149,7 @@ def _log_softplus(rho: jax.Array) -> jax.Array:
     return jnp.where(rho > -30.0, jnp.log(jax.nn.softplus(safe)), rho)
 
 
-def gaussian_nll(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+def _gaussian_nll(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     """The NLL of a Gaussian with learned precision (the book's 6.2.2.4), per entry, averaged.
 
         beta = softplus(rho),   NLL = -1/2 log beta + 1/2 beta (y - mu)^2
@@ -182,7 +183,7 @@ def _gaussian_nll_reference(outputs: np.ndarray, y: np.ndarray):
     return value, np.concatenate([g_mean, g_rho], axis=-1)
 
 
-def multiclass_hinge(scores: jax.Array, labels: jax.Array) -> jax.Array:
+def _multiclass_hinge(scores: jax.Array, labels: jax.Array) -> jax.Array:
     """The multiclass hinge loss (Crammer and Singer 2001): mean of max_j (z_j + [j != y]) - z_y."""
     name = "multiclass_hinge"
     scores = check_input(name, scores)
@@ -213,45 +214,94 @@ def _hinge_kinks(z: np.ndarray, labels: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------
-# The losses' references, for purenet.reference and purenet.check
+# The Loss record: the JAX loss, its reference, and what the trainer needs to know
 # --------------------------------------------------------------------------
 
 
-class LossReference(NamedTuple):
-    """A loss's hand-derived reference in NumPy float64.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Loss:
+    """A loss of a network's raw outputs, carrying its hand-derived reference.
+
+    Call it as a function, ``loss(outputs, targets) -> scalar``; it is
+    hashable (by identity), so jit caches and ``fit`` key on it.
 
     Attributes:
-      value_and_grad: ``(outputs, targets) -> (L, dL/doutputs)``.
-      kinks: for a loss with kinks, ``(outputs, targets) -> distance`` to the
-        nearest one; ``None`` for a smooth loss.
+      fn: the loss in ``jax.numpy``, the mean over entries.
+      name: how errors and reports name it.
+      reference: its ``Reference``: ``forward(outputs, targets) -> (L, pullback)``
+        with ``pullback(g) = g dL/doutputs``; ``None`` for none.
+      class_labels: integer targets are class indices into the outputs' last
+        axis, so the output width is the number of classes (``fit`` checks
+        labels against it); ``False`` for losses of real-valued targets.
     """
 
-    value_and_grad: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
-    kinks: Callable[[np.ndarray, np.ndarray], float] | None = None
+    fn: Callable[[jax.Array, jax.Array], jax.Array]
+    name: str
+    reference: Reference | None = None
+    class_labels: bool = False
+
+    def __call__(self, outputs: Any, targets: Any) -> jax.Array:
+        return self.fn(outputs, targets)
+
+    @property
+    def __name__(self) -> str:
+        return self.name
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self.fn.__doc__
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name})"
 
 
-_LOSS_REFERENCES: dict[Callable, LossReference] = {
-    mean_squared_error: LossReference(_mse_reference),
-    binary_cross_entropy: LossReference(_bce_reference),
-    softmax_cross_entropy: LossReference(_softmax_ce_reference),
-    gaussian_nll: LossReference(_gaussian_nll_reference),
-    multiclass_hinge: LossReference(_hinge_reference, _hinge_kinks),
-}
+def LossReference(
+    value_and_grad: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]],
+    kinks: Callable[[np.ndarray, np.ndarray], float] | None = None,
+) -> Reference:
+    """A loss's ``Reference`` from ``value_and_grad(outputs, targets) -> (L, dL/doutputs)`` in NumPy.
+
+    For a loss of your own: ``Loss(my_loss, "my_loss", reference=LossReference(my_value_and_grad))``,
+    or ``check_gradients(..., reference_loss=LossReference(my_value_and_grad))``.
+    """
+
+    def forward(outputs, targets):
+        value, grad = value_and_grad(outputs, targets)
+        return value, lambda g: g * grad
+
+    return Reference(forward, kinks)
 
 
-def loss_reference(loss: Callable | LossReference) -> LossReference:
-    """The hand-derived reference of a purenet loss (a ``LossReference`` is returned as is)."""
-    if isinstance(loss, LossReference):
+def loss_reference(loss: Any) -> Reference:
+    """The hand-derived reference a loss carries (a ``Reference`` is returned as it is)."""
+    if isinstance(loss, Reference):
         return loss
-    try:
-        return _LOSS_REFERENCES[loss]
-    except (KeyError, TypeError):
-        name = getattr(loss, "__name__", repr(loss))
-        raise MissingReferenceError(
-            name,
-            "is not one of purenet's losses, so it has no reference; pass "
-            "loss_reference=LossReference(value_and_grad) with your hand-derived gradient",
-        ) from None
+    reference = getattr(loss, "reference", None)
+    if isinstance(loss, Loss) and isinstance(reference, Reference):
+        return reference
+    name = getattr(loss, "__name__", repr(loss))
+    raise MissingReferenceError(
+        name,
+        "has no hand-derived reference; build it as Loss(fn, name, reference=LossReference(value_and_grad)), "
+        "or pass reference_loss=LossReference(value_and_grad) to the check",
+    )
+
+
+mean_squared_error = Loss(_mean_squared_error, "mean_squared_error", LossReference(_mse_reference))
+binary_cross_entropy = Loss(_binary_cross_entropy, "binary_cross_entropy", LossReference(_bce_reference))
+softmax_cross_entropy = Loss(
+    _softmax_cross_entropy,
+    "softmax_cross_entropy",
+    LossReference(_softmax_ce_reference),
+    class_labels=True,
+)
+gaussian_nll = Loss(_gaussian_nll, "gaussian_nll", LossReference(_gaussian_nll_reference))
+multiclass_hinge = Loss(
+    _multiclass_hinge,
+    "multiclass_hinge",
+    LossReference(_hinge_reference, _hinge_kinks),
+    class_labels=True,
+)
 
 
 # --------------------------------------------------------------------------
@@ -263,7 +313,7 @@ class OutputUnit(NamedTuple):
     """An output unit: its loss from raw outputs and its prediction from raw outputs."""
 
     name: str
-    loss: Callable[[jax.Array, jax.Array], jax.Array]
+    loss: Loss
     predict: Callable[[jax.Array], jax.Array | tuple[jax.Array, jax.Array]]
 
 
@@ -282,126 +332,16 @@ OUTPUT_UNITS: dict[str, OutputUnit] = {
 }
 
 
-# --------------------------------------------------------------------------
-# Norm penalties lambda * Omega(theta) (the book's sections 7.1.1 and 7.1.2)
-# --------------------------------------------------------------------------
-
-
-def _penalized_leaves(params, skip: Sequence[str]) -> list[jax.Array]:
-    """The leaves whose innermost dict key is not in ``skip`` (biases, by default)."""
-    leaves = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        last = path[-1] if path else None
-        if isinstance(last, jax.tree_util.DictKey) and last.key in skip:
-            continue
-        leaves.append(leaf)
-    return leaves
-
-
-def l2_penalty(params, scale: float, skip: Sequence[str] = ("b",)) -> jax.Array:
-    """lambda * Omega with Omega = 1/2 ||w||^2 summed over the penalized leaves (eq. 7.1).
-
-    Args:
-      params: a params pytree.
-      scale: lambda >= 0.
-      skip: innermost dict keys left unpenalized; biases (``"b"``) by
-        default, since they need little data to fit and penalizing them can
-        cause underfitting (section 7.1).
-    """
-    return scale * 0.5 * sum(jnp.sum(jnp.square(w)) for w in _penalized_leaves(params, skip))
-
-
-def l1_penalty(params, scale: float, skip: Sequence[str] = ("b",)) -> jax.Array:
-    """lambda * Omega with Omega = ||w||_1 summed over the penalized leaves (eq. 7.18).
-
-    |w| is written w sign(w) so that its derivative at w = 0 is sign(0) = 0,
-    the smallest subgradient (``jnp.abs`` would give 1 there).
-    """
-    return scale * sum(jnp.sum(w * jnp.sign(w)) for w in _penalized_leaves(params, skip))
-
-
-def _penalty_grad(params, skip: Sequence[str], grad: Callable[[np.ndarray], np.ndarray]):
-    """grad applied to the penalized leaves, zeros on the skipped ones (NumPy)."""
-
-    def leaf_grad(path, leaf):
-        last = path[-1] if path else None
-        if isinstance(last, jax.tree_util.DictKey) and last.key in skip:
-            return np.zeros_like(leaf)
-        return grad(leaf)
-
-    return jax.tree_util.tree_map_with_path(leaf_grad, params)
-
-
-@dataclasses.dataclass(frozen=True)
-class L2Penalty:
-    """The regularizer lambda/2 ||w||^2 as a callable, with its reference gradient lambda w.
-
-    ``fit(..., regularizer=L2Penalty(1e-4))`` trains with it;
-    ``check_gradients(..., regularizer=L2Penalty(1e-4))`` checks it.
-    """
-
-    scale: float
-    skip: tuple[str, ...] = ("b",)
-
-    def __call__(self, params) -> jax.Array:
-        return l2_penalty(params, self.scale, self.skip)
-
-    def reference(self, params) -> float:
-        return self.scale * 0.5 * sum(np.sum(w**2) for w in _penalized_leaves(params, self.skip))
-
-    def reference_grad(self, params):
-        return _penalty_grad(params, self.skip, lambda w: self.scale * w)
-
-
-@dataclasses.dataclass(frozen=True)
-class L1Penalty:
-    """The regularizer lambda ||w||_1 as a callable, with its reference gradient lambda sign(w)."""
-
-    scale: float
-    skip: tuple[str, ...] = ("b",)
-
-    def __call__(self, params) -> jax.Array:
-        return l1_penalty(params, self.scale, self.skip)
-
-    def reference(self, params) -> float:
-        return self.scale * sum(np.sum(np.abs(w)) for w in _penalized_leaves(params, self.skip))
-
-    def reference_grad(self, params):
-        return _penalty_grad(params, self.skip, lambda w: self.scale * np.sign(w))
-
-    def kinks(self, params) -> float:
-        """|w| has its kink at w = 0: the smallest |w| over the penalized leaves."""
-        return min(
-            (float(np.min(np.abs(w), initial=np.inf)) for w in _penalized_leaves(params, self.skip)),
-            default=np.inf,
-        )
-
-
-def penalty_reference(regularizer: Any) -> tuple[Callable, Callable]:
-    """``(penalty, penalty_grad)`` in NumPy for a regularizer with a reference."""
-    if not (hasattr(regularizer, "reference") and hasattr(regularizer, "reference_grad")):
-        raise MissingReferenceError(
-            getattr(regularizer, "__name__", type(regularizer).__name__),
-            "has no reference; use L2Penalty(scale) or L1Penalty(scale), or give an object "
-            "with reference(params) and reference_grad(params) methods",
-        )
-    return regularizer.reference, regularizer.reference_grad
-
-
 __all__ = [
     "OUTPUT_UNITS",
-    "L1Penalty",
-    "L2Penalty",
+    "Loss",
     "LossReference",
     "OutputUnit",
     "binary_cross_entropy",
     "gaussian_nll",
-    "l1_penalty",
-    "l2_penalty",
     "loss_reference",
     "mean_squared_error",
     "multiclass_hinge",
-    "penalty_reference",
     "softmax_cross_entropy",
     "split_gaussian",
 ]

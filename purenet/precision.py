@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import ConfigError, Layer
+from purenet.core import NO_INIT_POLICY, ConfigError, Layer
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -84,8 +84,9 @@ def mixed_precision(model: Layer, p: Policy | None = None) -> Layer:
 
     ``init`` returns params in ``p.param_dtype``; ``apply`` computes in
     ``p.compute_dtype`` and returns ``p.output_dtype``.  The reference
-    (``bprop``, ``np_apply``) is the model's own: it runs in float64 whatever
-    the policy.
+    (``model.reference``) is the model's own: it runs in float64 whatever
+    the policy.  The wrapped model has no init policy of its own: the
+    initializers were settled when ``model`` was built.
     """
     p = check_policy(policy() if p is None else p)
 
@@ -99,12 +100,12 @@ def mixed_precision(model: Layer, p: Policy | None = None) -> Layer:
         )
         return cast_floating(outputs, p.output_dtype)
 
-    return model._replace(
+    return model.replace(
         init=init,
         apply=apply,
         name=f"mixed_precision({model.name}, {p.compute_dtype})",
         children=model.children,  # the params tree is the model's own: transparent to the reference
-        with_init=None,
+        init_policy=NO_INIT_POLICY,
     )
 
 

@@ -1,32 +1,31 @@
-"""Network-level reference backprop in NumPy float64: the book's Algorithms 6.2 to 6.4.
+"""Network-level reference backprop in NumPy float64: the book's Algorithm 6.2, composed.
 
 Nothing here calls JAX's autodiff (no grad, vjp or jvp): the reference is a
 second, independent derivation of every gradient the library produces, which
 ``purenet.check`` compares with ``jax.grad`` and with finite differences.
 
-Two references, each checking the other:
+A combinator describes itself as a small computational graph (``Graph``)
+whose nodes are its children and a few joining ops (sum, concatenation,
+tuple selection, a projection), each carrying a ``Reference``.
+``graph_reference`` turns that graph into the combinator's own
+``Reference``: a forward pass that records every node's value and pullback,
+returning a pullback that sweeps the nodes in reverse topological order, a
+node's gradient being the sum, over its consumers, of what each consumer's
+pullback sends back (the grad_table).  Each node's forward runs once per
+pass: the pullbacks close over the values the forward computed.  Every
+pullback's result is checked against the node's params and input with
+``check_like`` before it is used, so a wrong backward is refused at the node
+that returned it.
 
-* **Algorithm 6.2, composed.**  A combinator describes itself as a small
-  computational graph (``Graph``) whose nodes are its children and a few
-  joining ops (sum, concatenation, tuple selection).  ``graph_reference``
-  turns that graph into the combinator's ``np_apply`` and ``bprop``: a
-  forward pass that records every node's value, then a backward sweep in
-  reverse topological order in which a node's gradient is the sum, over its
-  consumers, of what each consumer's ``bprop`` sends back (the grad_table).
-  Since every layer's ``bprop`` is hand-derived, so is the whole network's.
-* **Algorithms 6.3 and 6.4, transcribed.**  ``textbook_mlp_gradient`` runs
-  the book's forward and backward passes for a plain MLP, written out as the
-  book writes them (g <- g * f'(a); grad_b = g; grad_W = g h^T; g <- W^T g),
-  vectorized over the batch.
-
-``reference_gradient`` adds the loss and the regularizer: the gradient of the
-total cost J = L(f(x; theta), y) + lambda Omega(theta) with respect to every
-parameter and the input.
+``reference_gradient`` adds the loss and the regularizer: the gradient of
+the total cost J = L(f(x; theta), y) + lambda Omega(theta) with respect to
+every parameter and the input.  The book's Algorithms 6.3 and 6.4,
+transcribed for a plain MLP, are in ``purenet.textbook``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -36,11 +35,13 @@ from purenet.core import (
     Layer,
     MissingReferenceError,
     Params,
-    ParamsError,
+    Reference,
     as_float64,
-    check_sequence_params,
+    check_like,
     located,
 )
+from purenet.losses import loss_reference
+from purenet.penalties import penalty_reference
 
 # --------------------------------------------------------------------------
 # Algorithm 6.2 over a combinator's graph
@@ -51,18 +52,25 @@ class Node(NamedTuple):
     """One operation of a combinator's graph.
 
     Attributes:
-      op: the layer computing the node (a child, or a joining op); it must
-        have ``np_apply`` and ``bprop``.
+      name: how errors name the node (the child layer's name, or the op's).
+      reference: the node's ``Reference``; ``None`` for a child layer that
+        has none (refused, naming it, when the graph runs).
       inputs: ids of earlier nodes it consumes; node 0 is the graph's input
         and node i + 1 is ``Graph.nodes[i]``.  A node with several inputs
-        receives them as a tuple, and its ``bprop`` returns a tuple.
+        receives them as a tuple, and its pullback returns a tuple.
       params_key: where the node's params sit in the combinator's params
         (``2`` for ``params[2]``, ``"block"``), or ``None`` for none.
     """
 
-    op: Layer
+    name: str
+    reference: Reference | None
     inputs: tuple[int, ...]
     params_key: Hashable | None = None
+
+
+def layer_node(layer: Layer, inputs: tuple[int, ...], params_key: Hashable | None = None) -> Node:
+    """A node that runs a child layer's reference."""
+    return Node(layer.name, layer.reference, inputs, params_key)
 
 
 def _take_item(params: Params, key: Hashable) -> Params:
@@ -74,9 +82,9 @@ class Graph(NamedTuple):
 
     Attributes:
       nodes: the nodes; node i + 1 is ``nodes[i]``, node 0 the input.
-      take: ``take(params, key)``, a node's params from the combinator's.
       gather: ``gather({key: g_params})`` builds the combinator's params
         gradient from its nodes'.
+      take: ``take(params, key)``, a node's params from the combinator's.
     """
 
     nodes: tuple[Node, ...]
@@ -84,17 +92,21 @@ class Graph(NamedTuple):
     take: Callable[[Params, Hashable], Params] = _take_item
 
 
-def _step(key: Hashable) -> str:
+def _step(key: Hashable | None) -> str:
+    if key is None:
+        return ""
     return f"[{key!r}]" if isinstance(key, str) else f"[{key}]"
 
 
-def _require_reference(layer: Layer) -> None:
-    if layer.np_apply is None or layer.bprop is None:
+def require_reference(name: str, reference: Reference | None) -> Reference:
+    """``reference``, or a MissingReferenceError naming the layer that lacks one."""
+    if not isinstance(reference, Reference):
         raise MissingReferenceError(
-            layer.name,
-            "has no hand-derived reference (np_apply and bprop); build it with "
-            "Layer(..., np_apply=..., bprop=...), or check it with check_layer first",
+            name,
+            "has no hand-derived reference; build it with Layer(..., reference=Reference(forward)) "
+            "(or Reference.from_bprop(np_apply, bprop)), or check it with check_layer first",
         )
+    return reference
 
 
 def _node_params(graph: Graph, node: Node, params: Params) -> Params:
@@ -107,15 +119,20 @@ def _node_input(node: Node, values: list) -> Any:
     return tuple(values[i] for i in node.inputs)
 
 
-def graph_forward(graph: Graph, params: Params, x: Any) -> list:
-    """The forward pass of Algorithm 6.2: every node's value, node 0 being the input."""
-    values = [x]
-    for node in graph.nodes:
-        step = "" if node.params_key is None else _step(node.params_key)
-        with located(step):
-            _require_reference(node.op)
-            values.append(node.op.np_apply(_node_params(graph, node, params), _node_input(node, values)))
-    return values
+def checked_pullback(name: str, params: Params, x: Any, pullback: Callable) -> Callable:
+    """``pullback`` with its result checked like ``(params, x)`` before anyone uses it."""
+
+    def checked(g):
+        result = pullback(g)
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise MissingReferenceError(
+                name, f"the reference's backward must return (g_params, g_x), got {type(result).__name__}"
+            )
+        check_like(result[0], params, layer=name, what="the backward's g_params")
+        check_like(result[1], x, layer=name, what="the backward's g_x")
+        return result
+
+    return checked
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -125,7 +142,20 @@ def _add(a: Any, b: Any) -> Any:
     return jax.tree_util.tree_map(np.add, a, b)
 
 
-def graph_backward(graph: Graph, params: Params, values: list, g_out: Any) -> tuple[Params, Any]:
+def graph_forward(graph: Graph, params: Params, x: Any) -> tuple[list, list]:
+    """The forward pass of Algorithm 6.2: every node's value (node 0 the input) and pullback."""
+    values, pullbacks = [x], []
+    for node in graph.nodes:
+        with located(_step(node.params_key)):
+            reference = require_reference(node.name, node.reference)
+            node_params, node_x = _node_params(graph, node, params), _node_input(node, values)
+            value, pullback = reference.forward(node_params, node_x)
+        values.append(value)
+        pullbacks.append(checked_pullback(node.name, node_params, node_x, pullback))
+    return values, pullbacks
+
+
+def graph_backward(graph: Graph, values: list, pullbacks: list, g_out: Any) -> tuple[Params, Any]:
     """The backward sweep of Algorithm 6.2.
 
     ``grad_table[i]`` accumulates dJ/d(node i) from each consumer of node i;
@@ -143,10 +173,8 @@ def graph_backward(graph: Graph, params: Params, values: list, g_out: Any) -> tu
         g_node = grad_table[node_id]
         if g_node is None:  # nothing downstream consumes this node
             g_node = jax.tree_util.tree_map(np.zeros_like, values[node_id])
-        node_params = _node_params(graph, node, params)
-        step = "" if node.params_key is None else _step(node.params_key)
-        with located(step):
-            g_p, g_in = node.op.bprop(node_params, _node_input(node, values), g_node)
+        with located(_step(node.params_key)):
+            g_p, g_in = pullbacks[index](g_node)
         if node.params_key is not None:
             g_params[node.params_key] = g_p
         g_inputs = (g_in,) if len(node.inputs) == 1 else tuple(g_in)
@@ -162,40 +190,39 @@ def _graph_kinks(graph: Graph, params: Params, values: list) -> float:
     """The smallest distance to a kink over the graph's nodes."""
     margin = np.inf
     for node in graph.nodes:
-        if node.op.kinks is not None:
+        if node.reference is not None and node.reference.kinks is not None:
             node_params = _node_params(graph, node, params)
-            margin = min(margin, node.op.kinks(node_params, _node_input(node, values)))
+            margin = min(margin, node.reference.kinks(node_params, _node_input(node, values)))
     return float(margin)
 
 
-def graph_reference(build: Callable[[Params], Graph]) -> dict[str, Callable]:
-    """A combinator's ``np_apply``, ``bprop`` and ``kinks`` from its graph.
+def graph_reference(build: Callable[[Params], Graph]) -> Reference:
+    """A combinator's ``Reference`` from its graph.
 
     Args:
       build: ``build(params) -> Graph``; the params are passed because a
         graph may depend on them (a residual's skip has a projection or not).
 
     Returns:
-      Keyword arguments for ``Layer``: ``np_apply``, ``bprop`` and ``kinks``.
+      A ``Reference`` whose forward runs every node once and returns the
+      pullback of the whole graph, and whose kinks are the nodes' smallest.
     """
 
-    def np_apply(params, x):
-        return graph_forward(build(params), params, x)[-1]
-
-    def bprop(params, x, g_out):
+    def forward(params, x):
         graph = build(params)
-        return graph_backward(graph, params, graph_forward(graph, params, x), g_out)
+        values, pullbacks = graph_forward(graph, params, x)
+        return values[-1], lambda g_out: graph_backward(graph, values, pullbacks, g_out)
 
     def kinks(params, x):
         graph = build(params)
-        return _graph_kinks(graph, params, graph_forward(graph, params, x))
+        return _graph_kinks(graph, params, graph_forward(graph, params, x)[0])
 
-    return {"np_apply": np_apply, "bprop": bprop, "kinks": kinks}
+    return Reference(forward, kinks)
 
 
 def chain(layers: Sequence[Layer]) -> Graph:
     """The graph of ``serial``: node i + 1 applies layer i to node i; params are a tuple."""
-    nodes = tuple(Node(layer, (i,), i) for i, layer in enumerate(layers))
+    nodes = tuple(layer_node(layer, (i,), i) for i, layer in enumerate(layers))
     return Graph(nodes, gather=lambda grads: tuple(grads[i] for i in range(len(layers))))
 
 
@@ -220,133 +247,53 @@ class ReferenceResult(NamedTuple):
     g_x: Any
 
 
+def params_template(model: Layer, x: Any) -> Params:
+    """The params ``model.init`` builds for inputs like ``x``, as shapes and dtypes only."""
+    shapes = jax.tree_util.tree_map(lambda leaf: (-1, *np.shape(leaf)[1:]), x)
+    return jax.eval_shape(lambda key: model.init(key, shapes)[1], jax.random.PRNGKey(0))
+
+
 def reference_gradient(
     model: Layer,
     params: Params,
     x: Any,
     targets: Any,
-    loss: Callable,
+    loss: Callable | Reference,
     regularizer: Any = None,
 ) -> ReferenceResult:
     """The gradient of J = L(model(x), y) + lambda Omega(params) by the hand-derived reference alone.
 
     Args:
-      model: a layer whose every part has ``np_apply`` and ``bprop``.
-      params, x, targets: as for the JAX path; converted to float64.
-      loss: a purenet loss (one with a reference, see
-        ``purenet.losses.loss_reference``) or a ``LossReference``.
-      regularizer: ``None``, or a penalty with ``reference_grad``
+      model: a layer whose every part carries a ``Reference``.
+      params: checked against what ``model.init`` builds for ``x`` (tree,
+        shapes, dtype kinds), as ``apply`` would; converted to float64.
+      x, targets: one batch; converted to float64.
+      loss: a purenet ``Loss`` (it carries its reference), or a loss's
+        ``Reference`` itself (``LossReference(value_and_grad)``).
+      regularizer: ``None``, or a penalty carrying a ``Reference``
         (``purenet.L2Penalty``, ``purenet.L1Penalty``).
 
     Returns:
       A ``ReferenceResult``; no JAX autodiff is involved.
     """
-    from purenet.losses import loss_reference, penalty_reference
-
-    _require_reference(model)
+    reference = require_reference(model.name, model.reference)
+    check_like(params, params_template(model, x), layer=model.name)
     params, x, targets = as_float64(params), as_float64(x), as_float64(targets)
-    outputs = model.np_apply(params, x)
+    outputs, pullback = reference.forward(params, x)
     value, g_outputs = loss_reference(loss).value_and_grad(outputs, targets)
-    g_params, g_x = model.bprop(params, x, g_outputs)
+    g_params, g_x = checked_pullback(model.name, params, x, pullback)(g_outputs)
     if regularizer is not None:
-        penalty, penalty_grad = penalty_reference(regularizer)
-        value = value + penalty(params)
-        g_params = jax.tree_util.tree_map(np.add, g_params, penalty_grad(params))
+        penalty, penalty_grad = penalty_reference(regularizer).value_and_grad(params)
+        value = value + penalty
+        g_params = jax.tree_util.tree_map(np.add, g_params, penalty_grad)
     return ReferenceResult(float(value), outputs, g_params, g_x)
 
 
 def kink_margin(model: Layer, params: Params, x: Any) -> float:
     """How far the model's forward pass at (params, x) is from its nearest kink (inf if smooth)."""
-    if model.kinks is None:
+    if model.reference is None or model.reference.kinks is None:
         return float(np.inf)
-    return float(model.kinks(as_float64(params), as_float64(x)))
-
-
-# --------------------------------------------------------------------------
-# Algorithms 6.3 and 6.4, transcribed for a plain MLP
-# --------------------------------------------------------------------------
-
-
-def _mlp_units(model: Layer, params: Params) -> list[Layer | None]:
-    """Check that the model is serial(Dense, unit, ..., Dense[, unit]); the unit after each Dense."""
-    layers = model.children
-    if not layers or model.name != "serial":
-        raise MissingReferenceError(
-            model.name, "Algorithm 6.4 needs serial(Dense, unit, Dense, unit, ..., Dense[, unit])"
-        )
-    params = check_sequence_params(model.name, params, len(layers))
-    units: list[Layer | None] = []
-    for i in range(0, len(layers), 2):
-        p = params[i]
-        if not (isinstance(p, Mapping) and set(p) == {"w", "b"} and np.ndim(p["w"]) == 2):
-            raise ParamsError(
-                layers[i].name,
-                "Algorithm 6.4 expects a Dense layer ({'w': (d, n), 'b': (n,)}) here",
-                leaf=f"[{i}]",
-            )
-        unit = layers[i + 1] if i + 1 < len(layers) else None
-        if unit is not None and (params[i + 1] != () or unit.bprop is None):
-            raise MissingReferenceError(
-                unit.name, f"Algorithm 6.4 expects a parameter-free unit with a reference at params[{i + 1}]"
-            )
-        units.append(unit)
-    return units
-
-
-def textbook_mlp_gradient(
-    model: Layer, params: Params, x: Any, targets: Any, loss: Callable, regularizer: Any = None
-) -> tuple[float, Params]:
-    """The book's Algorithms 6.3 and 6.4, as written, for ``serial(Dense, unit, ..., Dense[, unit])``.
-
-    Forward (Algorithm 6.3), for k = 1..l:  a(k) = b(k) + W(k) h(k-1),  h(k) = f(a(k)).
-    Backward (Algorithm 6.4): g <- grad_yhat J, then for k = l..1:
-
-        g <- g * f'(a(k))
-        grad_b(k) J = g + lambda grad_b(k) Omega
-        grad_W(k) J = g h(k-1)^T + lambda grad_W(k) Omega
-        g <- W(k)^T g
-
-    Rows are examples here, so W(k) h is written h @ w with w = W(k)^T
-    (purenet's layout) and the batch sum of g h^T is h^T @ g.  A Dense layer
-    with no unit after it has f the identity.  f'(a) is the unit's own
-    hand-derived derivative, read off its ``bprop`` with an upstream gradient
-    of ones.
-
-    Returns:
-      ``(J, g_params)``, g_params in the model's params structure.
-    """
-    from purenet.losses import loss_reference, penalty_reference
-
-    units = _mlp_units(model, params)
-    params, x, targets = as_float64(params), as_float64(x), as_float64(targets)
-    pairs = list(zip(params[::2], units))  # (the Dense params, the unit after them)
-    # Algorithm 6.3: the forward pass, keeping a(k) and h(k).
-    h = [x]
-    a = []
-    for p, unit in pairs:
-        a.append(p["b"] + h[-1] @ p["w"])
-        h.append(a[-1] if unit is None else unit.np_apply((), a[-1]))
-    cost, g = loss_reference(loss).value_and_grad(h[-1], targets)
-    penalty_grad = None
-    if regularizer is not None:
-        penalty, penalty_grad = penalty_reference(regularizer)
-        cost = cost + penalty(params)
-        penalty_grad = penalty_grad(params)
-    # Algorithm 6.4: the backward pass.
-    grads: list[Any] = [()] * len(model.children)
-    for k in reversed(range(len(pairs))):
-        p, unit = pairs[k]
-        if unit is not None:
-            f_prime = unit.bprop((), a[k], np.ones_like(a[k]))[1]
-            g = g * f_prime
-        grad_b = g.sum(axis=0)
-        grad_w = h[k].T @ g
-        if penalty_grad is not None:
-            grad_b = grad_b + penalty_grad[2 * k]["b"]
-            grad_w = grad_w + penalty_grad[2 * k]["w"]
-        grads[2 * k] = {"w": grad_w, "b": grad_b}
-        g = g @ p["w"].T
-    return float(cost), tuple(grads)
+    return float(model.reference.kinks(as_float64(params), as_float64(x)))
 
 
 __all__ = [
@@ -354,10 +301,13 @@ __all__ = [
     "Node",
     "ReferenceResult",
     "chain",
+    "checked_pullback",
     "graph_backward",
     "graph_forward",
     "graph_reference",
     "kink_margin",
+    "layer_node",
+    "params_template",
     "reference_gradient",
-    "textbook_mlp_gradient",
+    "require_reference",
 ]

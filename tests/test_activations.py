@@ -52,7 +52,7 @@ def test_cos_after_dense_is_the_books_cos_unit(key):
 def test_sigmoid_and_tanh_prefer_glorot():
     glorot = jax.nn.initializers.glorot_normal()
     for layer in (pn.Sigmoid(), pn.Tanh()):
-        drawn = layer.preferred_init(jax.random.PRNGKey(2), (5, 3))
+        drawn = layer.init_policy.prefers(jax.random.PRNGKey(2), (5, 3))
         np.testing.assert_array_equal(drawn, glorot(jax.random.PRNGKey(2), (5, 3)))
 
 

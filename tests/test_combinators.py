@@ -186,7 +186,7 @@ def test_repeat_errors(key):
     _, params = pn.repeat(pn.Dense(4), 3).init(key, (-1, 4))
     with pytest.raises(
         pn.ParamsError,
-        match=r"repeat\(n=2\) at params\['b'\]: expected stacked params with a leading axis of 2",
+        match=r"repeat\(n=2\) at params\['b'\]: expected shape \(2, 4\) \(stacked params with a leading axis of 2 copies\), got \(3, 4\)",
     ):
         pn.repeat(pn.Dense(4), 2).apply(params, X)
     with pytest.raises(pn.ConfigError, match="count must be an integer >= 1"):

@@ -9,7 +9,7 @@ from purenet.core import feature_width, normalize_shape, require_positive_int
 
 def test_layer_record_fields_and_defaults():
     layer = pn.Layer(lambda k, s: (s, ()), lambda p, x, **kw: x)
-    assert layer.bprop is None
+    assert layer.reference is None
     assert layer.children == ()
     assert layer.name == "layer"
 

@@ -69,6 +69,6 @@ def test_parameter_free_layer_refuses_params():
 def test_rectifiers_prefer_he_init():
     he = jax.nn.initializers.he_normal()
     for layer in (pn.ReLU(), pn.AbsRect(), pn.LeakyReLU(), pn.PReLU()):
-        assert layer.preferred_init is not None
-        a = layer.preferred_init(jax.random.PRNGKey(3), (4, 4))
+        assert layer.init_policy.prefers is not None
+        a = layer.init_policy.prefers(jax.random.PRNGKey(3), (4, 4))
         np.testing.assert_array_equal(a, he(jax.random.PRNGKey(3), (4, 4)))

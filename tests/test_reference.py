@@ -142,10 +142,10 @@ def test_gaussian_nll_reference_is_exact_for_very_negative_rho():
 
 def test_penalty_reference_gradients_are_closed_forms():
     params = ({"w": np.array([[1.5, -2.0], [0.0, 0.5]]), "b": np.array([3.0, -1.0])},)
-    g2 = pn.L2Penalty(0.1).reference_grad(params)
+    g2 = pn.L2Penalty(0.1).reference.value_and_grad(params)[1]
     np.testing.assert_allclose(g2[0]["w"], 0.1 * params[0]["w"])
     np.testing.assert_array_equal(g2[0]["b"], 0.0)  # biases are not penalized
-    g1 = pn.L1Penalty(0.1).reference_grad(params)
+    g1 = pn.L1Penalty(0.1).reference.value_and_grad(params)[1]
     np.testing.assert_allclose(g1[0]["w"], 0.1 * np.array([[1, -1], [0, 1]]))
 
 
@@ -153,7 +153,7 @@ def test_residual_of_identity_sums_both_consumers_of_x():
     # y = x + x = 2x, so dJ/dx = 2 g: the grad_table must add both consumers of x.
     layer = pn.residual(pn.Identity())
     g = np.arange(6.0).reshape(2, 3)
-    _, g_x = layer.bprop({"block": ()}, np.ones((2, 3)), g)
+    _, g_x = layer.reference.bprop({"block": ()}, np.ones((2, 3)), g)
     np.testing.assert_array_equal(g_x, 2 * g)
 
 
@@ -162,10 +162,10 @@ def test_dense_block_of_identities_has_the_closed_form_gradient():
     # outputs [x | x | x, x], and x reaches every slot, along four paths.
     layer = pn.dense_block(pn.Identity(), pn.Identity())
     x = np.ones((1, 2))
-    y = layer.np_apply(((), ()), x)
+    y = layer.reference.value(((), ()), x)
     np.testing.assert_array_equal(y, np.ones((1, 8)))  # [x | x | x, x]
     g = np.arange(8.0).reshape(1, 8)
-    _, g_x = layer.bprop(((), ()), x, g)
+    _, g_x = layer.reference.bprop(((), ()), x, g)
     np.testing.assert_array_equal(g_x, g[:, 0:2] + g[:, 2:4] + g[:, 4:6] + g[:, 6:8])
 
 
@@ -175,10 +175,10 @@ def test_repeat_reference_stacks_gradients_per_copy(key):
     params = stacked.init(key, (-1, 3))[1]
     x = np.random.default_rng(0).standard_normal((2, 3))
     g = np.ones((2, 3))
-    g_params, _ = stacked.bprop(pn.core.as_float64(params), x, g)
+    g_params, _ = stacked.reference.bprop(pn.core.as_float64(params), x, g)
     unrolled = pn.serial(block, block, block)
     copies = tuple(jax.tree_util.tree_map(lambda a, i=i: a[i], params) for i in range(3))
-    g_unrolled, _ = unrolled.bprop(pn.core.as_float64(copies), x, g)
+    g_unrolled, _ = unrolled.reference.bprop(pn.core.as_float64(copies), x, g)
     for i in range(3):
         np.testing.assert_allclose(g_params[0]["w"][i], g_unrolled[i][0]["w"], rtol=1e-14)
 

@@ -10,6 +10,7 @@ from purenet.layers.activations import (
     elementwise,
 )
 from purenet.layers.dense import Dense, LowRankDense
+from purenet.layers.joins import fan_in_concat, fan_in_sum, fan_out
 from purenet.layers.maxout import Maxout
 from purenet.layers.rbf import RBF
 from purenet.layers.rectifiers import AbsRect, LeakyReLU, PReLU, ReLU
@@ -33,4 +34,7 @@ __all__ = [
     "Softplus",
     "Tanh",
     "elementwise",
+    "fan_in_concat",
+    "fan_in_sum",
+    "fan_out",
 ]

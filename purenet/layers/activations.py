@@ -32,7 +32,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import Initializer, Layer, check_input, check_no_params, feature_width
+from purenet.core import (
+    NO_INIT_POLICY,
+    Initializer,
+    InitPolicy,
+    Layer,
+    Reference,
+    check_input,
+    check_no_params,
+    feature_width,
+)
 
 glorot_normal = jax.nn.initializers.glorot_normal()
 NpUnary = Callable[[np.ndarray], np.ndarray]
@@ -55,10 +64,11 @@ def elementwise(
     Args:
       name: how errors and summaries name the unit.
       fn: the unit in ``jax.numpy``.
-      preferred_init: the weight initializer the unit wants before it.
+      preferred_init: the weight initializer the unit wants for the weights
+        before it (its ``InitPolicy.prefers``, which ``serial`` reads).
       np_fn, np_derivative: the unit f and its hand-derived derivative f' in
-        NumPy; given both, the layer has a reference, with
-        ``bprop(params, z, g) = ((), g * f'(z))``.
+        NumPy; given both, the layer has a reference whose pullback is
+        ``g -> ((), g * f'(z))``.
       kink_distance: for a unit with kinks, the entrywise distance of z to
         the nearest kink (``np.abs`` for the rectifiers).
     """
@@ -71,13 +81,25 @@ def elementwise(
         check_no_params(name, params)
         return fn(check_input(name, x))
 
-    reference = {}
+    reference = None
     if np_fn is not None and np_derivative is not None:
-        reference["np_apply"] = lambda params, z: np_fn(z)
-        reference["bprop"] = lambda params, z, g: ((), g * np_derivative(z))
+        reference = elementwise_reference(np_fn, np_derivative, kink_distance)
+    policy = NO_INIT_POLICY if preferred_init is None else InitPolicy(prefers=preferred_init)
+    return Layer(init, apply, name=name, reference=reference, init_policy=policy)
+
+
+def elementwise_reference(
+    np_fn: NpUnary, np_derivative: NpUnary, kink_distance: NpUnary | None = None
+) -> Reference:
+    """h = f(z) entrywise; the pullback is dJ/dz = dJ/dh * f'(z) (Algorithm 6.4's g <- g * f'(a))."""
+
+    def forward(params, z):
+        return np_fn(z), lambda g: ((), g * np_derivative(z))
+
+    kinks = None
     if kink_distance is not None:
-        reference["kinks"] = lambda params, z: float(np.min(kink_distance(z), initial=np.inf))
-    return Layer(init, apply, name=name, preferred_init=preferred_init, **reference)
+        kinks = lambda params, z: float(np.min(kink_distance(z), initial=np.inf))  # noqa: E731
+    return Reference(forward, kinks)
 
 
 def hard_tanh(z: jax.Array) -> jax.Array:
@@ -154,6 +176,7 @@ __all__ = [
     "Softplus",
     "Tanh",
     "elementwise",
+    "elementwise_reference",
     "hard_tanh",
     "np_sigmoid",
     "np_softplus",

@@ -5,9 +5,11 @@ Parameter layouts (public and stable):
     Dense(n)           {"w": (d, n), "b": (n,)}                 y = x @ w + b
     LowRankDense(n, r) {"u": (d, r), "v": (r, n), "b": (n,)}    y = x @ u @ v + b
 
-A weight initializer left as ``None`` is the library default, He normal
-(He et al. 2015), which ``serial`` swaps for the unit that follows the layer
-when that unit prefers another (Glorot for sigmoid and tanh).
+Init policy: a weight initializer left as ``None`` is the library default,
+He normal (He et al. 2015), *and* the layer declares itself rebuildable
+(``InitPolicy.rebuild``), so ``serial`` gives it the initializer the unit
+right after it prefers (Glorot before sigmoid and tanh).  Pass ``w_init``
+(``u_init``) and that choice is kept wherever the layer sits.
 
 Hand-derived backward (the book's eqs. 6.45-6.46 in batched, row-vector form).
 With y = x w + b for a batch of rows and G = dJ/dy:
@@ -27,10 +29,13 @@ import jax
 import numpy as np
 
 from purenet.core import (
+    NO_INIT_POLICY,
     Initializer,
+    InitPolicy,
     Layer,
+    Reference,
     check_input,
-    check_params,
+    check_params_like_init,
     feature_width,
     require_positive_int,
     sum_to_shape,
@@ -52,7 +57,8 @@ def Dense(
     Args:
       units: output width n, >= 1.
       w_init: initializer for ``w`` of shape (d, n); ``None`` is He normal,
-        or whatever the unit after this layer prefers inside ``serial``.
+        or whatever the unit after this layer prefers inside ``serial``
+        (module docstring, "Init policy").
       b_init: initializer for ``b``; zeros, or ``constant(0.1)`` so that
         rectified units start active (section 6.3.1).
 
@@ -71,25 +77,14 @@ def Dense(
 
     def apply(params, x, *, key=None, train=False):
         x = check_input(name, x)
-        check_params(name, params, {"w": (x.shape[-1], units), "b": (units,)}, x.shape[-1])
+        check_params_like_init(name, init, params, x)
         return x @ params["w"] + params["b"]
 
-    def rebuilt(initializer):
-        return Dense(units, initializer, b_init)
+    def rebuilt(chosen):
+        return Dense(units, chosen, b_init)
 
-    return Layer(
-        init,
-        apply,
-        bprop=dense_bprop,
-        name=name,
-        with_init=rebuilt if w_init is None else None,
-        np_apply=dense_np_apply,
-    )
-
-
-def dense_np_apply(params, x: np.ndarray) -> np.ndarray:
-    """y = x w + b in NumPy."""
-    return x @ params["w"] + params["b"]
+    policy = NO_INIT_POLICY if w_init is not None else InitPolicy(rebuild=rebuilt)
+    return Layer(init, apply, name=name, reference=DENSE_REFERENCE, init_policy=policy)
 
 
 def matmul_bprop(x: np.ndarray, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,10 +93,18 @@ def matmul_bprop(x: np.ndarray, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarra
     return rows_x.T @ rows_g, g @ w.T
 
 
-def dense_bprop(params, x: np.ndarray, g: np.ndarray):
-    """dJ/dw = x^T G, dJ/db = sum_b G, dJ/dx = G w^T (module docstring)."""
-    g_w, g_x = matmul_bprop(x, params["w"], g)
-    return {"w": g_w, "b": sum_to_shape(g, np.shape(params["b"]))}, g_x
+def dense_forward(params, x: np.ndarray):
+    """y = x w + b, and its pullback: dJ/dw = x^T G, dJ/db = sum_b G, dJ/dx = G w^T."""
+    w, b = params["w"], params["b"]
+
+    def pullback(g):
+        g_w, g_x = matmul_bprop(x, w, g)
+        return {"w": g_w, "b": sum_to_shape(g, np.shape(b))}, g_x
+
+    return x @ w + b, pullback
+
+
+DENSE_REFERENCE = Reference(dense_forward)
 
 
 def LowRankDense(
@@ -145,35 +148,31 @@ def LowRankDense(
 
     def apply(params, x, *, key=None, train=False):
         x = check_input(name, x)
-        expected = {"u": (x.shape[-1], rank), "v": (rank, units), "b": (units,)}
-        check_params(name, params, expected, x.shape[-1])
+        check_params_like_init(name, init, params, x)
         # (x u) v costs r (d + n) per row, never forming the d x n product.
         return (x @ params["u"]) @ params["v"] + params["b"]
 
-    def rebuilt(initializer):
-        return LowRankDense(units, rank, initializer, v_init, b_init)
+    def rebuilt(chosen):
+        return LowRankDense(units, rank, chosen, v_init, b_init)
 
-    return Layer(
-        init,
-        apply,
-        bprop=low_rank_bprop,
-        name=name,
-        with_init=rebuilt if u_init is None else None,
-        np_apply=low_rank_np_apply,
-    )
+    policy = NO_INIT_POLICY if u_init is not None else InitPolicy(rebuild=rebuilt)
+    return Layer(init, apply, name=name, reference=LOW_RANK_REFERENCE, init_policy=policy)
 
 
-def low_rank_np_apply(params, x: np.ndarray) -> np.ndarray:
-    """y = (x u) v + b in NumPy."""
-    return (x @ params["u"]) @ params["v"] + params["b"]
+def low_rank_forward(params, x: np.ndarray):
+    """y = (x u) v + b; pullback with h = x u kept: dJ/dv = h^T G, G_h = G v^T, dJ/du = x^T G_h."""
+    u, v, b = params["u"], params["v"], params["b"]
+    h = x @ u
+
+    def pullback(g):
+        g_v, g_h = matmul_bprop(h, v, g)
+        g_u, g_x = matmul_bprop(x, u, g_h)
+        return {"u": g_u, "v": g_v, "b": sum_to_shape(g, np.shape(b))}, g_x
+
+    return h @ v + b, pullback
 
 
-def low_rank_bprop(params, x: np.ndarray, g: np.ndarray):
-    """With h = x u and G_h = G v^T: dJ/dv = h^T G, dJ/du = x^T G_h, dJ/dx = G_h u^T."""
-    u, v = params["u"], params["v"]
-    g_v, g_h = matmul_bprop(x @ u, v, g)
-    g_u, g_x = matmul_bprop(x, u, g_h)
-    return {"u": g_u, "v": g_v, "b": sum_to_shape(g, np.shape(params["b"]))}, g_x
+LOW_RANK_REFERENCE = Reference(low_rank_forward)
 
 
-__all__ = ["Dense", "LowRankDense", "matmul_bprop"]
+__all__ = ["Dense", "LowRankDense", "dense_forward", "matmul_bprop"]

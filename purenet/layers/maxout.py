@@ -29,8 +29,9 @@ import numpy as np
 from purenet.core import (
     Initializer,
     Layer,
+    Reference,
     check_input,
-    check_params,
+    check_params_like_init,
     feature_width,
     require_positive_int,
     sum_to_shape,
@@ -77,33 +78,32 @@ def Maxout(
 
     def apply(params, x, *, key=None, train=False):
         x = check_input(name, x)
-        check_params(name, params, {"w": (x.shape[-1], units, pieces), "b": (units, pieces)}, x.shape[-1])
+        check_params_like_init(name, init, params, x)
         z = jnp.einsum("...j,jik->...ik", x, params["w"]) + params["b"]
         first_max = jnp.argmax(z, axis=-1, keepdims=True)
         return jnp.take_along_axis(z, first_max, axis=-1)[..., 0]
 
-    # A maxout layer is its own unit, so ``serial`` never swaps its initializer.
-    return Layer(init, apply, bprop=maxout_bprop, name=name, np_apply=maxout_np_apply, kinks=maxout_kinks)
+    # A maxout layer is its own unit, so it has no init policy: ``serial`` never swaps its initializer.
+    return Layer(init, apply, name=name, reference=MAXOUT_REFERENCE)
 
 
 def _pieces(params, x: np.ndarray) -> np.ndarray:
     return np.einsum("...j,jik->...ik", x, params["w"]) + params["b"]
 
 
-def maxout_np_apply(params, x: np.ndarray) -> np.ndarray:
-    """h_i = max_k z_ik in NumPy."""
-    return _pieces(params, x).max(axis=-1)
-
-
-def maxout_bprop(params, x: np.ndarray, g: np.ndarray):
-    """The gradient flows through the first maximal piece only (module docstring)."""
+def maxout_forward(params, x: np.ndarray):
+    """h_i = max_k z_ik; the pullback sends G through the first maximal piece only (module docstring)."""
     z = _pieces(params, x)
     selected = np.argmax(z, axis=-1)  # NumPy's argmax also returns the first maximum
-    g_z = (np.arange(z.shape[-1]) == selected[..., None]) * g[..., None]
-    rows = g_z.reshape(-1, *z.shape[-2:])
-    g_w = np.einsum("bj,bik->jik", x.reshape(-1, x.shape[-1]), rows)
-    g_x = np.einsum("...ik,jik->...j", g_z, params["w"])
-    return {"w": g_w, "b": sum_to_shape(g_z, z.shape[-2:])}, g_x
+
+    def pullback(g):
+        g_z = (np.arange(z.shape[-1]) == selected[..., None]) * g[..., None]
+        rows = g_z.reshape(-1, *z.shape[-2:])
+        g_w = np.einsum("bj,bik->jik", x.reshape(-1, x.shape[-1]), rows)
+        g_x = np.einsum("...ik,jik->...j", g_z, params["w"])
+        return {"w": g_w, "b": sum_to_shape(g_z, z.shape[-2:])}, g_x
+
+    return z.max(axis=-1), pullback
 
 
 def maxout_kinks(params, x: np.ndarray) -> float:
@@ -113,6 +113,9 @@ def maxout_kinks(params, x: np.ndarray) -> float:
         return np.inf
     top_two = np.sort(z, axis=-1)[..., -2:]
     return float(np.min(top_two[..., 1] - top_two[..., 0]))
+
+
+MAXOUT_REFERENCE = Reference(maxout_forward, maxout_kinks)
 
 
 __all__ = ["Maxout"]

@@ -24,8 +24,9 @@ import numpy as np
 from purenet.core import (
     Initializer,
     Layer,
+    Reference,
     check_input,
-    check_params,
+    check_params_like_init,
     feature_width,
     require_positive_int,
     with_width,
@@ -77,10 +78,10 @@ def RBF(
 
     def apply(params, x, *, key=None, train=False):
         x = check_input(name, x)
-        check_params(name, params, {"w": (x.shape[-1], units), "sigma": (units,)}, x.shape[-1])
+        check_params_like_init(name, init, params, x)
         return jnp.exp(-squared_distances(x, params["w"]) / jnp.square(params["sigma"]))
 
-    return Layer(init, apply, bprop=rbf_bprop, name=name, np_apply=rbf_np_apply)
+    return Layer(init, apply, name=name, reference=RBF_REFERENCE)
 
 
 def _np_squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -88,21 +89,24 @@ def _np_squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.sum(np.square(x[..., :, None] - centres), axis=-2)
 
 
-def rbf_np_apply(params, x: np.ndarray) -> np.ndarray:
-    """h_i = exp(-||x - w_i||^2 / s_i^2) in NumPy."""
-    return np.exp(-_np_squared_distances(x, params["w"]) / np.square(params["sigma"]))
-
-
-def rbf_bprop(params, x: np.ndarray, g: np.ndarray):
-    """The three gradients of the module docstring, through P = G h / s^2."""
+def rbf_forward(params, x: np.ndarray):
+    """h_i = exp(-||x - w_i||^2 / s_i^2); the pullback's three gradients go through P = G h / s^2."""
     w, sigma = params["w"], params["sigma"]
     distances = _np_squared_distances(x, w)
-    p = g * np.exp(-distances / np.square(sigma)) / np.square(sigma)
-    rows_x, rows_p = x.reshape(-1, w.shape[0]), p.reshape(-1, w.shape[1])
-    g_x = -2.0 * (x * p.sum(axis=-1, keepdims=True) - p @ w.T)
-    g_w = 2.0 * (rows_x.T @ rows_p - w * rows_p.sum(axis=0))
-    g_sigma = 2.0 * np.sum((p * distances).reshape(-1, w.shape[1]), axis=0) / sigma
-    return {"w": g_w, "sigma": g_sigma}, g_x
+    h = np.exp(-distances / np.square(sigma))
+
+    def pullback(g):
+        p = g * h / np.square(sigma)
+        rows_x, rows_p = x.reshape(-1, w.shape[0]), p.reshape(-1, w.shape[1])
+        g_x = -2.0 * (x * p.sum(axis=-1, keepdims=True) - p @ w.T)
+        g_w = 2.0 * (rows_x.T @ rows_p - w * rows_p.sum(axis=0))
+        g_sigma = 2.0 * np.sum((p * distances).reshape(-1, w.shape[1]), axis=0) / sigma
+        return {"w": g_w, "sigma": g_sigma}, g_x
+
+    return h, pullback
+
+
+RBF_REFERENCE = Reference(rbf_forward)
 
 
 __all__ = ["RBF", "squared_distances"]

@@ -31,9 +31,11 @@ import numpy as np
 
 from purenet.core import (
     Initializer,
+    InitPolicy,
     Layer,
+    Reference,
     check_input,
-    check_params,
+    check_params_like_init,
     feature_width,
     sum_to_shape,
 )
@@ -108,25 +110,24 @@ def PReLU(
 
     def apply(params, x, *, key=None, train=False):
         x = check_input(name, x)
-        check_params(name, params, {"alpha": alpha_shape(x.shape[-1])}, x.shape[-1])
+        check_params_like_init(name, init, params, x)
         return rectify(x, params["alpha"])
 
-    return Layer(
-        init,
-        apply,
-        bprop=prelu_bprop,
-        name=name,
-        preferred_init=he_normal,
-        np_apply=lambda params, z: np_rectify(z, params["alpha"]),
-        kinks=lambda params, z: float(np.min(np.abs(z), initial=np.inf)),
-    )
+    return Layer(init, apply, name=name, reference=PRELU_REFERENCE, init_policy=InitPolicy(prefers=he_normal))
 
 
-def prelu_bprop(params, z: np.ndarray, g: np.ndarray):
-    """dJ/dz = G g'(z); dJ/dalpha sums G * min(0, z) down to alpha's shape (module docstring)."""
+def prelu_forward(params, z: np.ndarray):
+    """g(z, alpha); pullback: dJ/dz = G g'(z), dJ/dalpha sums G min(0, z) down to alpha's shape."""
     alpha = params["alpha"]
-    g_alpha = sum_to_shape(g * np.where(z > 0, 0.0, z), np.shape(alpha))
-    return {"alpha": g_alpha}, g * np_rectify_slope(z, alpha)
+
+    def pullback(g):
+        g_alpha = sum_to_shape(g * np.where(z > 0, 0.0, z), np.shape(alpha))
+        return {"alpha": g_alpha}, g * np_rectify_slope(z, alpha)
+
+    return np_rectify(z, alpha), pullback
+
+
+PRELU_REFERENCE = Reference(prelu_forward, kinks=lambda params, z: float(np.min(np.abs(z), initial=np.inf)))
 
 
 __all__ = ["AbsRect", "LeakyReLU", "PReLU", "ReLU", "np_rectify", "np_rectify_slope", "rectify"]

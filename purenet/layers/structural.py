@@ -17,6 +17,7 @@ import numpy as np
 from purenet.core import (
     ConfigError,
     Layer,
+    Reference,
     ShapeError,
     check_input,
     check_no_params,
@@ -42,13 +43,7 @@ def Flatten() -> Layer:
         x = check_input(name, x, min_rank=2)
         return jnp.reshape(x, (x.shape[0], -1))
 
-    return Layer(
-        init,
-        apply,
-        bprop=lambda params, x, g: ((), np.reshape(g, np.shape(x))),
-        name=name,
-        np_apply=lambda params, x: np.reshape(x, (x.shape[0], -1)),
-    )
+    return Layer(init, apply, name=name, reference=FLATTEN_REFERENCE)
 
 
 def Dropout(rate: float) -> Layer:
@@ -82,13 +77,14 @@ def Dropout(rate: float) -> Layer:
         keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
-    return Layer(
-        init,
-        apply,
-        bprop=lambda params, x, g: ((), g),
-        name=name,
-        np_apply=lambda params, x: x,
-    )
+    return Layer(init, apply, name=name, reference=IDENTITY_REFERENCE)
+
+
+# Flatten's pullback reshapes G back to x's shape; evaluation-mode dropout is the identity.
+FLATTEN_REFERENCE = Reference(
+    lambda params, x: (np.reshape(x, (x.shape[0], -1)), lambda g: ((), np.reshape(g, np.shape(x))))
+)
+IDENTITY_REFERENCE = Reference(lambda params, x: (x, lambda g: ((), g)))
 
 
 __all__ = ["Dropout", "Flatten"]

@@ -1,0 +1,228 @@
+"""The public derivative checks: a network's cost (``check_gradients``) and one layer (``check_layer``).
+
+Both compare JAX autodiff, the hand-derived reference and finite
+differences leaf by leaf (``purenet.check.engine``), all in float64 copies,
+whether or not the caller enabled float64 globally.  What a hand-derived
+backward returns is checked like the params and the input (``check_like``)
+before any number is compared.  Finite differences are meaningless across a
+kink (a ReLU at 0, a maxout tie), so the report also gives the point's
+distance to the nearest kink; when a finite-difference comparison fails that
+close to one, the error says so.
+
+The JAX side is compiled once per model and loss (or layer) and kept in
+purenet's shared compile cache, so a second check of the same model compiles
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purenet.check.engine import Tolerances, finish, leaf_names, three_way
+from purenet.check.report import GradientReport
+from purenet.compiled import cached
+from purenet.core import Layer, MissingReferenceError, Reference, as_float64, is_shape
+from purenet.losses import loss_reference
+from purenet.penalties import penalty_reference
+from purenet.reference import checked_pullback, kink_margin, reference_gradient
+
+
+def check_gradients(
+    model: Layer,
+    params: Any,
+    x: Any,
+    targets: Any,
+    loss: Callable,
+    *,
+    regularizer: Any = None,
+    reference_loss: Reference | None = None,
+    reference: bool = True,
+    reference_rtol: float = 1e-10,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    eps: float = 1e-5,
+    max_coordinates: int = 64,
+    directions: int = 16,
+    seed: int = 0,
+    raise_on_failure: bool = True,
+) -> GradientReport:
+    """Check the gradient of J = loss(model(x), targets) (+ regularizer(params)) three ways.
+
+    Compares, for every parameter leaf and the input x: ``jax.grad``, the
+    hand-derived reference backprop and finite differences, all in float64
+    (module docstring).  The model runs with ``train=False`` (no dropout).
+
+    Args:
+      model, params: the network and its params (any float dtype; checked
+        at float64 copies).
+      x, targets: one batch of inputs and targets.
+      loss: a purenet loss, or your own with ``reference_loss``.
+      regularizer: ``None``, or a penalty such as ``L2Penalty(1e-4)``.
+      reference_loss: the reference of a loss that carries none
+        (``LossReference(value_and_grad)``), or to override the loss's own.
+      reference: compare with the hand-derived reference; ``False`` compares
+        JAX with finite differences only (for a model with a layer of your
+        own that has no ``bprop`` yet).
+      reference_rtol: tolerance of the reference against JAX, relative to
+        the leaf's scale.
+      rtol: tolerance of finite differences against either, relative.
+      atol: absolute floor of the FD comparisons, times max(1, |J|), for
+        leaves whose gradient is ~0; the reference comparison uses 1e-4 of
+        it, since the reference and JAX differ only by rounding.
+      eps: the finite-difference step h.
+      max_coordinates: leaves with at most this many entries are probed
+        coordinate by coordinate; larger ones along ``directions`` random
+        unit directions.
+      seed: seeds the random directions.
+      raise_on_failure: raise ``GradientCheckError`` (carrying the report)
+        when a tolerance is exceeded; ``False`` only returns the report.
+
+    Returns:
+      A ``GradientReport``; ``print(report)`` shows the table.
+    """
+    subject = f"check_gradients({model.name})"
+    tol = Tolerances(reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
+    loss_ref = reference_loss if reference_loss is not None else loss
+    with jax.enable_x64(True):
+        params64, x64, targets64 = as_float64(params), as_float64(x), as_float64(targets)
+        reference_side, margin = None, np.inf
+        if reference:
+            result = reference_gradient(model, params64, x64, targets64, loss_ref, regularizer)
+            reference_side = ((result.g_params, result.g_x), result.outputs)
+            margin = _cost_kink_margin(model, params64, x64, result.outputs, targets64, loss_ref, regularizer)
+        elif regularizer is not None:
+            penalty_reference(regularizer)  # the same error as with a reference, early
+        names = leaf_names(params64, "params") + leaf_names(x64, "x")
+        scalar = _cost_scalar(model, loss, regularizer)
+        report = three_way(subject, scalar, (params64, x64), targets64, names, reference_side, margin, tol)
+    return finish(report, raise_on_failure)
+
+
+@cached
+def _cost_scalar(model: Layer, loss: Callable, regularizer: Any) -> Callable:
+    """``((params, x), targets) -> (J, outputs)``: one function object per model, loss and regularizer."""
+
+    def cost(args, targets):
+        p, inputs = args
+        outputs = model.apply(p, inputs)
+        value = loss(outputs, targets)
+        return (value if regularizer is None else value + regularizer(p)), outputs
+
+    return cost
+
+
+def _cost_kink_margin(model, params, x, outputs, targets, loss, regularizer) -> float:
+    """The distance to the nearest kink of the network, the loss and the penalty."""
+    margin = kink_margin(model, params, x)
+    kinks_of_loss = loss_reference(loss).kinks
+    if kinks_of_loss is not None:
+        margin = min(margin, kinks_of_loss(outputs, targets))
+    if regularizer is not None and penalty_reference(regularizer).kinks is not None:
+        margin = min(margin, penalty_reference(regularizer).kinks(params))
+    return margin
+
+
+def _example_input(input_shape: Any, rng: np.random.Generator) -> Any:
+    """A standard normal input of ``input_shape`` (a tuple of shapes gives a tuple of inputs)."""
+    if is_shape(input_shape):
+        return rng.standard_normal(tuple(2 if d in (-1, None) else d for d in input_shape))
+    return tuple(_example_input(shape, rng) for shape in input_shape)
+
+
+def check_layer(
+    layer: Layer,
+    input_shape: Any = (4, 3),
+    *,
+    bprop: Callable | None = None,
+    np_apply: Callable | None = None,
+    params: Any = None,
+    x: Any = None,
+    reference_rtol: float = 1e-10,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    eps: float = 1e-5,
+    max_coordinates: int = 64,
+    directions: int = 16,
+    seed: int = 0,
+    raise_on_failure: bool = True,
+) -> GradientReport:
+    """Check a layer's hand-derived backward against ``jax.grad`` and finite differences.
+
+    Write the forward in ``jax.numpy`` (``layer.apply``) and the backward in
+    NumPy, ``bprop(params, x, g_out) -> (g_params, g_x)``; this checks the
+    vector-Jacobian product it computes for a random cotangent g_out, i.e. the
+    gradient of the scalar  s(params, x) = sum(apply(params, x) * g_out).
+
+    Args:
+      layer: the layer; its ``reference`` is checked unless ``bprop`` is given.
+      input_shape: the input's shape (a batch axis of -1 becomes 2), used to
+        initialize params and draw x when they are not given.
+      bprop: a backward to check, ``bprop(params, x, g_out) -> (g_params, g_x)``,
+        in place of the layer's reference.  Whatever it returns is first
+        checked like ``(params, x)`` (tree, shapes, dtype kinds) with
+        ``check_like``: a wrong tree is refused naming the leaf.
+      np_apply: with ``bprop``, its NumPy forward, compared with ``apply``
+        when given (the layer's reference forward is used otherwise).
+      params, x: the point to check at (default: ``layer.init`` with
+        ``PRNGKey(seed)``, documented and deterministic, and standard normal x).
+      The rest: as for ``check_gradients``.
+
+    Returns:
+      A ``GradientReport``; raises ``GradientCheckError`` on a wrong backward.
+    """
+    subject = f"check_layer({layer.name})"
+    if bprop is None and layer.reference is None:
+        raise MissingReferenceError(
+            layer.name,
+            "has no bprop to check; pass check_layer(layer, bprop=...), "
+            "or build the layer with reference=Reference(forward)",
+        )
+    tol = Tolerances(reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
+    rng = np.random.default_rng(seed)
+    with jax.enable_x64(True):
+        x64 = as_float64(_example_input(input_shape, rng) if x is None else x)
+        if params is None:
+            shape = jax.tree_util.tree_map(np.shape, x64)
+            params = layer.init(jax.random.PRNGKey(seed), shape)[1]
+        params64 = as_float64(params)
+        # Only the output's shapes are needed here; the compiled check runs the forward.
+        outputs = jax.eval_shape(layer.apply, params64, x64)
+        g_out = jax.tree_util.tree_map(lambda y: rng.standard_normal(y.shape), outputs)
+        ref_outputs, pullback = _layer_pullback(layer, bprop, np_apply, params64, x64)
+        reference_side = (checked_pullback(layer.name, params64, x64, pullback)(g_out), ref_outputs)
+        margin = np.inf
+        if layer.reference is not None and layer.reference.kinks is not None:
+            margin = float(layer.reference.kinks(params64, x64))
+        names = leaf_names(params64, "params") + leaf_names(x64, "x")
+        scalar = _projection_scalar(layer)
+        report = three_way(subject, scalar, (params64, x64), g_out, names, reference_side, margin, tol)
+    return finish(report, raise_on_failure)
+
+
+def _layer_pullback(layer: Layer, bprop, np_apply, params, x) -> tuple[Any, Callable]:
+    """The reference outputs (or None) and the pullback to check: the user's ``bprop`` or the layer's."""
+    if bprop is not None:
+        outputs = None if np_apply is None else np_apply(params, x)
+        return outputs, lambda g: bprop(params, x, g)
+    return layer.reference.forward(params, x)
+
+
+@cached
+def _projection_scalar(layer: Layer) -> Callable:
+    """``((params, x), g_out) -> (sum(apply(params, x) * g_out), y)``: the VJP as a gradient."""
+
+    def scalar(args, g_out):
+        p, inputs = args
+        y = layer.apply(p, inputs)
+        products = jax.tree_util.tree_map(lambda y_i, g_i: jnp.sum(y_i * g_i), y, g_out)
+        return sum(jax.tree_util.tree_leaves(products)), y
+
+    return scalar
+
+
+__all__ = ["check_gradients", "check_layer"]

@@ -1,0 +1,144 @@
+"""Norm penalties lambda * Omega(theta) (the book's sections 7.1.1 and 7.1.2), with their references.
+
+    L2Penalty(lambda)   lambda/2 ||w||^2    reference gradient  lambda w
+    L1Penalty(lambda)   lambda ||w||_1      reference gradient  lambda sign(w), sign(0) = 0
+
+The sum runs over the penalized leaves: every leaf whose innermost dict key
+is not in ``skip`` (biases, ``"b"``, by default).  Each penalty carries its
+hand-derived ``Reference`` the way layers and losses do:
+``forward(params) -> (value, pullback)``.  ``l1_penalty`` is written
+w sign(w) so that JAX's derivative at w = 0 is sign(0) = 0, the smallest
+subgradient, as in the reference (``jnp.abs`` would give 1 there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purenet.core import MissingReferenceError, Reference
+
+
+def _skipped(path: tuple, skip: Sequence[str]) -> bool:
+    last = path[-1] if path else None
+    return isinstance(last, jax.tree_util.DictKey) and last.key in skip
+
+
+def _penalized_leaves(params, skip: Sequence[str]) -> list[jax.Array]:
+    """The leaves whose innermost dict key is not in ``skip`` (biases, by default)."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [leaf for path, leaf in flat if not _skipped(path, skip)]
+
+
+def l2_penalty(params, scale: float, skip: Sequence[str] = ("b",)) -> jax.Array:
+    """lambda * Omega with Omega = 1/2 ||w||^2 summed over the penalized leaves (eq. 7.1).
+
+    Args:
+      params: a params pytree.
+      scale: lambda >= 0.
+      skip: innermost dict keys left unpenalized; biases (``"b"``) by
+        default, since they need little data to fit and penalizing them can
+        cause underfitting (section 7.1).
+    """
+    return scale * 0.5 * sum(jnp.sum(jnp.square(w)) for w in _penalized_leaves(params, skip))
+
+
+def l1_penalty(params, scale: float, skip: Sequence[str] = ("b",)) -> jax.Array:
+    """lambda * Omega with Omega = ||w||_1 summed over the penalized leaves (eq. 7.18).
+
+    |w| is written w sign(w) so that its derivative at w = 0 is sign(0) = 0,
+    the smallest subgradient (``jnp.abs`` would give 1 there).
+    """
+    return scale * sum(jnp.sum(w * jnp.sign(w)) for w in _penalized_leaves(params, skip))
+
+
+def _penalty_reference(
+    params_value: Callable[[np.ndarray], float],
+    params_grad: Callable[[np.ndarray], np.ndarray],
+    skip: Sequence[str],
+    kinks: Callable[[Any], float] | None = None,
+) -> Reference:
+    """A penalty's reference from its per-leaf value and gradient; skipped leaves get zero gradient."""
+
+    def forward(params):
+        value = sum((params_value(w) for w in _penalized_leaves(params, skip)), 0.0)
+
+        def pullback(g):
+            def leaf_grad(path, leaf):
+                return np.zeros_like(leaf) if _skipped(path, skip) else g * params_grad(leaf)
+
+            return jax.tree_util.tree_map_with_path(leaf_grad, params)
+
+        return value, pullback
+
+    return Reference(forward, kinks)
+
+
+@dataclasses.dataclass(frozen=True)
+class L2Penalty:
+    """The regularizer lambda/2 ||w||^2 as a callable, with its reference gradient lambda w.
+
+    ``fit(..., regularizer=L2Penalty(1e-4))`` trains with it;
+    ``check_gradients(..., regularizer=L2Penalty(1e-4))`` checks it.
+    """
+
+    scale: float
+    skip: tuple[str, ...] = ("b",)
+
+    def __call__(self, params) -> jax.Array:
+        return l2_penalty(params, self.scale, self.skip)
+
+    @property
+    def reference(self) -> Reference:
+        """``forward(params) -> (lambda/2 sum w^2, pullback)``, the gradient lambda w."""
+        return _penalty_reference(
+            lambda w: self.scale * 0.5 * np.sum(w**2), lambda w: self.scale * w, self.skip
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class L1Penalty:
+    """The regularizer lambda ||w||_1 as a callable, with its reference gradient lambda sign(w)."""
+
+    scale: float
+    skip: tuple[str, ...] = ("b",)
+
+    def __call__(self, params) -> jax.Array:
+        return l1_penalty(params, self.scale, self.skip)
+
+    @property
+    def reference(self) -> Reference:
+        """``forward(params) -> (lambda sum |w|, pullback)``; |w| has its kink at w = 0."""
+        return _penalty_reference(
+            lambda w: self.scale * np.sum(np.abs(w)),
+            lambda w: self.scale * np.sign(w),
+            self.skip,
+            kinks=self._kinks,
+        )
+
+    def _kinks(self, params) -> float:
+        """The smallest |w| over the penalized leaves."""
+        return min(
+            (float(np.min(np.abs(w), initial=np.inf)) for w in _penalized_leaves(params, self.skip)),
+            default=np.inf,
+        )
+
+
+def penalty_reference(regularizer: Any) -> Reference:
+    """The hand-derived ``Reference`` a regularizer carries (``L2Penalty``, ``L1Penalty``, your own)."""
+    reference = regularizer if isinstance(regularizer, Reference) else getattr(regularizer, "reference", None)
+    if not isinstance(reference, Reference):
+        raise MissingReferenceError(
+            getattr(regularizer, "__name__", type(regularizer).__name__),
+            "has no hand-derived reference; use L2Penalty(scale) or L1Penalty(scale), or give your "
+            "regularizer a `reference` attribute: Reference(forward=lambda params: (value, pullback))",
+        )
+    return reference
+
+
+__all__ = ["L1Penalty", "L2Penalty", "l1_penalty", "l2_penalty", "penalty_reference"]
