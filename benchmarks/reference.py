@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     model = pn.serial(pn.Dense(1024), pn.ReLU(), pn.Dense(256), pn.ReLU(), pn.Dense(10))
-    params = pn.core.as_float64(model.init(jax.random.PRNGKey(0), (-1, 784))[1])
+    params = pn.shapes.as_float64(model.init(jax.random.PRNGKey(0), (-1, 784))[1])
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((args.batch, 784)), rng.integers(0, 10, args.batch)
     loss = pn.softmax_cross_entropy

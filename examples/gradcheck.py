@@ -46,7 +46,7 @@ def swish_without_product_rule(z: np.ndarray) -> np.ndarray:
 
 
 def Swish(derivative=swish_derivative) -> pn.Layer:
-    """The swish unit with a hand-derived backward; ``elementwise`` builds its bprop from f'."""
+    """The swish unit with a hand-derived backward; ``elementwise`` builds its reference from f'."""
     return pn.elementwise(
         "Swish",
         lambda z: z * jax.nn.sigmoid(z),

@@ -1,6 +1,6 @@
 """purenet: feedforward networks as pure functions over parameter pytrees, in JAX."""
 
-from purenet import checkpoint, curvature, data, reference
+from purenet import checkpoint, curvature, data, reference, shapes
 from purenet.check import GradientCheckError, GradientReport, check_gradients, check_layer
 from purenet.checkpoint import CheckpointError
 from purenet.combinators import dense_block, parallel, residual, serial
@@ -188,6 +188,7 @@ __all__ = [
     "repeat",
     "residual",
     "serial",
+    "shapes",
     "softmax_cross_entropy",
     "spectral_density",
     "summary",

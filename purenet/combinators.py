@@ -23,6 +23,7 @@ projection is y = x w, with dJ/dw = x^T G and dJ/dx = G w^T.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import weakref
 from collections.abc import Mapping
@@ -30,22 +31,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from purenet.core import (
-    ConfigError,
-    Layer,
-    ParamsError,
-    Reference,
-    ShapeError,
-    check_input,
-    check_params,
-    check_sequence_params,
-    describe_tree,
-    is_shape,
-    located,
-    normalize_shape,
-    split_key,
-    with_width,
-)
+from purenet.core import ConfigError, Layer, ParamsError, Reference, ShapeError, describe_tree, located
 from purenet.layers.dense import matmul_bprop
 from purenet.layers.joins import (
     CONCAT_REFERENCE,
@@ -57,6 +43,15 @@ from purenet.layers.joins import (
 )
 from purenet.reference import Graph, Node, chain, graph_reference, layer_node
 from purenet.remat import segment_length
+from purenet.shapes import (
+    check_input,
+    check_params,
+    check_sequence_params,
+    is_shape,
+    normalize_shape,
+    split_key,
+    with_width,
+)
 from purenet.summary import init_child
 
 
@@ -84,7 +79,9 @@ def _resolve_default_inits(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
     for i in range(len(resolved) - 1):
         rebuild, prefers = resolved[i].init_policy.rebuild, resolved[i + 1].init_policy.prefers
         if rebuild is not None and prefers is not None:
-            resolved[i] = rebuild(prefers)
+            # Only the initializer changes: the layer's apply, name and reference stay its own.
+            settled = dataclasses.replace(resolved[i].init_policy, rebuild=None)
+            resolved[i] = resolved[i].replace(init=rebuild(prefers).init, init_policy=settled)
     return tuple(resolved)
 
 
@@ -113,12 +110,8 @@ def serial(*layers: Layer, remat: bool | int = False) -> Layer:
         sqrt(n / 2.25) and keeps only each segment's input, recomputing the
         segment's inside when the backward pass reaches it (Chen et al.
         2016, "Training deep nets with sublinear memory cost"); an int k
-        uses segments of k children.  It costs about one more forward pass.
-        (On XLA's CPU backend the unrolled ``serial`` gains nothing: the
-        CPU compiler expands ``jax.checkpoint``'s optimization barriers
-        before its CSE and scheduling passes, which then merge the
-        recomputation into the forward pass or run it early.  ``repeat``'s
-        scan keeps the recomputation in its loop on every backend.)
+        uses segments of k children.  It costs about one more forward pass
+        (and saves nothing on XLA's CPU backend: ``purenet.remat`` says why).
 
     Returns:
       A Layer whose params are the tuple of its children's params.

@@ -17,15 +17,13 @@ slot for the second-order R-operator pass.
 reference's backward returns, curvature vectors, stacked params and loaded
 checkpoints all go through it, and it names the first mismatching leaf.
 
-Every check here runs at trace time, on static shapes and dtypes, so a
-checked ``apply`` costs nothing once it is jit-compiled.
+The argument, shape and input checks layers share are in ``purenet.shapes``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -183,10 +181,14 @@ class PurenetError(Exception):
         self.path: list[str] = []
 
     def __str__(self) -> str:
-        where = "".join(self.path) + self.leaf
-        if not where:
-            return f"{self.layer}: {self.message}"
-        return f"{self.layer} at {self.root}{where}: {self.message}"
+        if self.root == "params":
+            where = "".join(self.path) + self.leaf
+            if not where:
+                return f"{self.layer}: {self.message}"
+            return f"{self.layer} at params{where}: {self.message}"
+        # Another tree (a gradient, a vector): its own path, after the layer's place in the model.
+        place = f" at params{''.join(self.path)}" if self.path else ""
+        return f"{self.layer}{place}: {self.root}{self.leaf}: {self.message}"
 
 
 class ShapeError(PurenetError, ValueError):
@@ -260,20 +262,27 @@ class _Mismatch(Exception):  # noqa: N818 - internal signal, caught in check_lik
         self.message = message
 
 
+def _shape_and_dtype(leaf: Any) -> tuple[tuple, Any]:
+    """A leaf's shape and its own dtype (not JAX's canonical one: an int64 array says int64)."""
+    dtype = getattr(leaf, "dtype", None)
+    return tuple(np.shape(leaf)), (np.result_type(leaf) if dtype is None else dtype)
+
+
 def _compare_leaf(leaf: Any, spec: Any, path: str, leading: tuple, context: str, dtypes: bool) -> None:
     if _is_container(leaf):
         raise _Mismatch(path, f"expected an array, got {describe_tree(leaf)}")
     try:
-        got_shape, got_dtype = tuple(np.shape(leaf)), jnp.result_type(leaf)
+        got_shape, got_dtype = _shape_and_dtype(leaf)
     except (TypeError, ValueError):
         raise _Mismatch(path, f"expected an array, got {describe_tree(leaf)}") from None
-    want_shape = (*leading, *tuple(spec.shape))
+    spec_shape, spec_dtype = _shape_and_dtype(spec)
+    want_shape = (*leading, *spec_shape)
     if got_shape != want_shape:
         raise _Mismatch(path, f"expected shape {want_shape}{context}, got {got_shape}")
     if dtypes:
-        want_kind, got_kind = dtype_kind(spec.dtype), dtype_kind(got_dtype)
+        want_kind, got_kind = dtype_kind(spec_dtype), dtype_kind(got_dtype)
         if want_kind != got_kind:
-            raise _Mismatch(path, f"expected a {want_kind} dtype like {spec.dtype}, got {got_dtype}")
+            raise _Mismatch(path, f"expected a {want_kind} dtype like {spec_dtype}, got {got_dtype}")
 
 
 def _compare(tree: Any, spec: Any, path: str, leading: tuple, context: str, dtypes: bool) -> None:
@@ -294,7 +303,7 @@ def _compare(tree: Any, spec: Any, path: str, leading: tuple, context: str, dtyp
     elif spec is None:
         if tree is not None:
             raise _Mismatch(path, f"expected None, got {describe_tree(tree)}")
-    elif hasattr(spec, "shape") and hasattr(spec, "dtype") and not _is_container(spec):
+    elif not _is_container(spec) and jax.tree_util.all_leaves([spec]):  # an array, a scalar, a spec
         _compare_leaf(tree, spec, path, leading, context, dtypes)
     else:  # any other registered pytree node (a NamedTuple, an optax state): same treedef, then leaves
         tree_leaves, tree_def = jax.tree_util.tree_flatten_with_path(tree)
@@ -361,143 +370,3 @@ def _leading_count(tree: Any, layer: str, what: str, error: type[PurenetError]) 
     if len(counts) != 1:
         raise error(layer, f"every leaf of {what} needs the same leading axis, got lengths {sorted(counts)}")
     return counts.pop()
-
-
-# --------------------------------------------------------------------------
-# Checks on constructor arguments, shapes and inputs
-# --------------------------------------------------------------------------
-
-
-def require_positive_int(layer: str, argument: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 1, else raise a ConfigError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(layer, f"{argument} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def is_shape(shape: Any) -> bool:
-    """Whether ``shape`` is one shape (a tuple of ints/None) rather than a tuple of shapes."""
-    return isinstance(shape, (tuple, list)) and all(
-        d is None or isinstance(d, (int, np.integer)) for d in shape
-    )
-
-
-def normalize_shape(layer: str, shape: Any) -> Shape:
-    """Check one input shape and write its unknown (batch) axes as -1."""
-    if not is_shape(shape) or len(shape) == 0:
-        raise ShapeError(layer, f"expected an input shape such as (-1, features), got {shape!r}")
-    return tuple(-1 if d is None else int(d) for d in shape)
-
-
-def feature_width(layer: str, shape: Any, min_rank: int = 1) -> int:
-    """Check an input shape at init and return its last (feature) axis."""
-    shape = normalize_shape(layer, shape)
-    if len(shape) < min_rank:
-        raise ShapeError(layer, f"expected an input of rank >= {min_rank}, got shape {shape}")
-    if shape[-1] < 1:
-        raise ShapeError(
-            layer,
-            f"the feature (last) axis of the input must be a known size >= 1, got shape {shape}",
-        )
-    return shape[-1]
-
-
-def with_width(shape: Shape, width: int) -> Shape:
-    """``shape`` with its last axis replaced by ``width``."""
-    return (*tuple(shape[:-1]), width)
-
-
-def check_input(layer: str, x: Any, min_rank: int = 1) -> jax.Array:
-    """Return ``x`` as an array after checking it is floating point of rank >= ``min_rank``."""
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise InputTypeError(
-            layer,
-            f"expected a floating-point input, got dtype {x.dtype}; "
-            "cast it first, e.g. x.astype(jnp.float32)",
-        )
-    if x.ndim < min_rank:
-        raise ShapeError(layer, f"expected an input of rank >= {min_rank}, got shape {x.shape}")
-    return x
-
-
-def check_no_params(layer: str, params: Params) -> None:
-    """A parameter-free layer's params must be empty (``()``)."""
-    if jax.tree_util.tree_leaves(params):
-        raise ParamsError(
-            layer,
-            f"this layer has no parameters and expects (), got {describe_tree(params)}",
-        )
-
-
-def check_params(layer: str, params: Params, expected: Mapping[str, tuple], width: int | None = None) -> None:
-    """Check a leaf layer's dict of params against the shapes its input width implies.
-
-    ``width``, the input's feature width, is quoted in the message when given,
-    since a wrong input and wrong params look alike from inside a layer.
-    """
-    template = {key: jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for key, shape in expected.items()}
-    context = "" if width is None else f" for an input of width {width}"
-    check_like(params, template, layer=layer, context=context)
-
-
-@functools.lru_cache(maxsize=4096)
-def _init_params_template(init: InitFn, width: int) -> Params:
-    """The params ``init`` builds for inputs of feature width ``width``, as shapes and dtypes only."""
-    return jax.eval_shape(lambda key: init(key, (-1, width))[1], jax.random.PRNGKey(0))
-
-
-def check_params_like_init(layer: str, init: InitFn, params: Params, x: jax.Array) -> None:
-    """Check a leaf layer's params against what its own ``init`` builds for ``x``'s feature width.
-
-    The layout is stated once, in ``init``; ``apply`` derives it with
-    ``jax.eval_shape`` (cached per width, so it costs one trace per layer and
-    width) instead of restating it by hand.
-    """
-    width = x.shape[-1]
-    template = _init_params_template(init, width)
-    check_like(params, template, layer=layer, context=f" for an input of width {width}")
-
-
-def check_sequence_params(layer: str, params: Params, count: int) -> tuple:
-    """A combinator's params must be a tuple (or list) with one entry per child."""
-    if not isinstance(params, (tuple, list)) or len(params) != count:
-        raise ParamsError(
-            layer,
-            f"expected a tuple of {count} entries (one per child layer), got {describe_tree(params)}",
-        )
-    return tuple(params)
-
-
-# --------------------------------------------------------------------------
-# NumPy float64, for the reference
-# --------------------------------------------------------------------------
-
-
-def as_float64(tree: Any) -> Any:
-    """A copy of a pytree with every floating leaf as a NumPy float64 array (integers kept)."""
-
-    def convert(leaf):
-        array = np.asarray(leaf)
-        # jnp.issubdtype also knows bfloat16, which NumPy's does not count as floating.
-        return array.astype(np.float64) if jnp.issubdtype(array.dtype, jnp.floating) else array
-
-    return jax.tree_util.tree_map(convert, tree)
-
-
-def sum_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
-    """Sum ``g`` over its leading (batch) axes down to ``shape``: the gradient of a broadcast."""
-    g = np.asarray(g)
-    return g.reshape(-1, *shape).sum(axis=0) if shape else np.asarray(g.sum())
-
-
-# --------------------------------------------------------------------------
-# Keys
-# --------------------------------------------------------------------------
-
-
-def split_key(key: jax.Array | None, count: int) -> list[jax.Array | None]:
-    """Split an optional PRNG key into ``count`` keys (``None`` stays ``None``)."""
-    if key is None:
-        return [None] * count
-    return list(jax.random.split(key, count))

@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from purenet.core import ConfigError, Layer, ParamsError, PurenetError, require_positive_int
+from purenet.core import ConfigError, Layer, ParamsError, PurenetError
+from purenet.shapes import require_positive_int
 from purenet.trees import first_nonfinite_leaf
 
 Params = Any

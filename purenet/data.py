@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from purenet.core import ConfigError, InputTypeError, ShapeError, require_positive_int
+from purenet.core import ConfigError, InputTypeError, ShapeError
+from purenet.shapes import require_positive_int
 
 
 class Dataset(NamedTuple):

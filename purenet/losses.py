@@ -45,8 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from purenet.core import InputTypeError, MissingReferenceError, Reference, ShapeError, check_input
+from purenet.core import InputTypeError, MissingReferenceError, Reference, ShapeError
 from purenet.layers.activations import np_sigmoid, np_softplus
+from purenet.shapes import check_input
 
 
 def _targets_like(loss: str, outputs: jax.Array, targets, float_targets: bool) -> jax.Array:

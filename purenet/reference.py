@@ -9,7 +9,8 @@ whose nodes are its children and a few joining ops (sum, concatenation,
 tuple selection, a projection), each carrying a ``Reference``.
 ``graph_reference`` turns that graph into the combinator's own
 ``Reference``: a forward pass that records every node's value and pullback,
-returning a pullback that sweeps the nodes in reverse topological order, a
+returning a pullback (``GraphPullback``) that sweeps the nodes in reverse
+topological order, a
 node's gradient being the sum, over its consumers, of what each consumer's
 pullback sends back (the grad_table).  Each node's forward runs once per
 pass: the pullbacks close over the values the forward computed.  Every
@@ -25,23 +26,17 @@ transcribed for a plain MLP, are in ``purenet.textbook``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from purenet.core import (
-    Layer,
-    MissingReferenceError,
-    Params,
-    Reference,
-    as_float64,
-    check_like,
-    located,
-)
+from purenet.core import Layer, MissingReferenceError, Params, Reference, check_like, located
 from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
+from purenet.shapes import as_float64
 
 # --------------------------------------------------------------------------
 # Algorithm 6.2 over a combinator's graph
@@ -143,19 +138,20 @@ def _add(a: Any, b: Any) -> Any:
 
 
 def graph_forward(graph: Graph, params: Params, x: Any) -> tuple[list, list]:
-    """The forward pass of Algorithm 6.2: every node's value (node 0 the input) and pullback."""
+    """The forward pass of Algorithm 6.2: every node's value (node 0 the input) and raw pullback."""
     values, pullbacks = [x], []
     for node in graph.nodes:
         with located(_step(node.params_key)):
             reference = require_reference(node.name, node.reference)
-            node_params, node_x = _node_params(graph, node, params), _node_input(node, values)
-            value, pullback = reference.forward(node_params, node_x)
+            value, pullback = reference.forward(_node_params(graph, node, params), _node_input(node, values))
         values.append(value)
-        pullbacks.append(checked_pullback(node.name, node_params, node_x, pullback))
+        pullbacks.append(pullback)
     return values, pullbacks
 
 
-def graph_backward(graph: Graph, values: list, pullbacks: list, g_out: Any) -> tuple[Params, Any]:
+def graph_backward(
+    graph: Graph, params: Params, values: list, pullbacks: list, g_out: Any
+) -> tuple[Params, Any]:
     """The backward sweep of Algorithm 6.2.
 
     ``grad_table[i]`` accumulates dJ/d(node i) from each consumer of node i;
@@ -173,8 +169,9 @@ def graph_backward(graph: Graph, values: list, pullbacks: list, g_out: Any) -> t
         g_node = grad_table[node_id]
         if g_node is None:  # nothing downstream consumes this node
             g_node = jax.tree_util.tree_map(np.zeros_like, values[node_id])
+        node_params, node_x = _node_params(graph, node, params), _node_input(node, values)
         with located(_step(node.params_key)):
-            g_p, g_in = pullbacks[index](g_node)
+            g_p, g_in = checked_pullback(node.name, node_params, node_x, pullbacks[index])(g_node)
         if node.params_key is not None:
             g_params[node.params_key] = g_p
         g_inputs = (g_in,) if len(node.inputs) == 1 else tuple(g_in)
@@ -186,14 +183,30 @@ def graph_backward(graph: Graph, values: list, pullbacks: list, g_out: Any) -> t
     return graph.gather(g_params), g_x
 
 
-def _graph_kinks(graph: Graph, params: Params, values: list) -> float:
-    """The smallest distance to a kink over the graph's nodes."""
-    margin = np.inf
-    for node in graph.nodes:
-        if node.reference is not None and node.reference.kinks is not None:
-            node_params = _node_params(graph, node, params)
-            margin = min(margin, node.reference.kinks(node_params, _node_input(node, values)))
-    return float(margin)
+class GraphPullback:
+    """A combinator's pullback, closed over its graph's forward values.
+
+    Calling it runs Algorithm 6.2's backward sweep; ``kink_margin()`` reads
+    the distance to the nearest kink off the same recorded values, asking a
+    nested combinator's own pullback rather than running its forward again.
+    """
+
+    def __init__(self, graph: Graph, params: Params, values: list, pullbacks: list):
+        self.graph, self.params, self.values, self.pullbacks = graph, params, values, pullbacks
+
+    def __call__(self, g_out: Any) -> tuple[Params, Any]:
+        return graph_backward(self.graph, self.params, self.values, self.pullbacks, g_out)
+
+    def kink_margin(self) -> float:
+        """The smallest distance to a kink over the graph's nodes (inf when all are smooth)."""
+        margin = np.inf
+        for node, pullback in zip(self.graph.nodes, self.pullbacks):
+            if isinstance(pullback, GraphPullback):
+                margin = min(margin, pullback.kink_margin())
+            elif node.reference.kinks is not None:
+                node_params = _node_params(self.graph, node, self.params)
+                margin = min(margin, node.reference.kinks(node_params, _node_input(node, self.values)))
+        return float(margin)
 
 
 def graph_reference(build: Callable[[Params], Graph]) -> Reference:
@@ -205,19 +218,15 @@ def graph_reference(build: Callable[[Params], Graph]) -> Reference:
 
     Returns:
       A ``Reference`` whose forward runs every node once and returns the
-      pullback of the whole graph, and whose kinks are the nodes' smallest.
+      graph's ``GraphPullback``, and whose kinks are the nodes' smallest.
     """
 
     def forward(params, x):
         graph = build(params)
         values, pullbacks = graph_forward(graph, params, x)
-        return values[-1], lambda g_out: graph_backward(graph, values, pullbacks, g_out)
+        return values[-1], GraphPullback(graph, params, values, pullbacks)
 
-    def kinks(params, x):
-        graph = build(params)
-        return _graph_kinks(graph, params, graph_forward(graph, params, x)[0])
-
-    return Reference(forward, kinks)
+    return Reference(forward, lambda params, x: forward(params, x)[1].kink_margin())
 
 
 def chain(layers: Sequence[Layer]) -> Graph:
@@ -249,7 +258,12 @@ class ReferenceResult(NamedTuple):
 
 def params_template(model: Layer, x: Any) -> Params:
     """The params ``model.init`` builds for inputs like ``x``, as shapes and dtypes only."""
-    shapes = jax.tree_util.tree_map(lambda leaf: (-1, *np.shape(leaf)[1:]), x)
+    return _init_template(model, jax.tree_util.tree_map(lambda leaf: (-1, *np.shape(leaf)[1:]), x))
+
+
+@functools.lru_cache(maxsize=256)
+def _init_template(model: Layer, shapes: Any) -> Params:
+    # Cached per model and input shapes: tracing init costs more than a small reference pass.
     return jax.eval_shape(lambda key: model.init(key, shapes)[1], jax.random.PRNGKey(0))
 
 
@@ -276,6 +290,13 @@ def reference_gradient(
     Returns:
       A ``ReferenceResult``; no JAX autodiff is involved.
     """
+    return reference_pass(model, params, x, targets, loss, regularizer)[0]
+
+
+def reference_pass(
+    model: Layer, params: Params, x: Any, targets: Any, loss: Callable | Reference, regularizer: Any = None
+) -> tuple[ReferenceResult, Callable[[], float]]:
+    """``reference_gradient``'s result and ``margin()``, the network's kink distance, from one forward."""
     reference = require_reference(model.name, model.reference)
     check_like(params, params_template(model, x), layer=model.name)
     params, x, targets = as_float64(params), as_float64(x), as_float64(targets)
@@ -286,7 +307,14 @@ def reference_gradient(
         penalty, penalty_grad = penalty_reference(regularizer).value_and_grad(params)
         value = value + penalty
         g_params = jax.tree_util.tree_map(np.add, g_params, penalty_grad)
-    return ReferenceResult(float(value), outputs, g_params, g_x)
+    result = ReferenceResult(float(value), outputs, g_params, g_x)
+    return result, lambda: _margin(reference, pullback, params, x)
+
+
+def _margin(reference: Reference, pullback: Callable, params: Params, x: Any) -> float:
+    if isinstance(pullback, GraphPullback):  # read off the recorded forward: nothing runs again
+        return pullback.kink_margin()
+    return float(np.inf) if reference.kinks is None else float(reference.kinks(params, x))
 
 
 def kink_margin(model: Layer, params: Params, x: Any) -> float:
@@ -298,6 +326,7 @@ def kink_margin(model: Layer, params: Params, x: Any) -> float:
 
 __all__ = [
     "Graph",
+    "GraphPullback",
     "Node",
     "ReferenceResult",
     "chain",
@@ -309,5 +338,6 @@ __all__ = [
     "layer_node",
     "params_template",
     "reference_gradient",
+    "reference_pass",
     "require_reference",
 ]

@@ -4,13 +4,19 @@ Chen et al. 2016, "Training deep nets with sublinear memory cost": with
 segments of k blocks, back-propagation holds n/k segment inputs plus one
 segment's activations; ``serial`` and ``repeat`` take ``remat=`` and use the
 segment lengths chosen here.
+
+On XLA's CPU backend the unrolled ``serial`` gains nothing: the CPU
+compiler expands ``jax.checkpoint``'s optimization barriers before its CSE
+and scheduling passes, which then merge the recomputation into the forward
+pass or run it early.  ``repeat``'s scan keeps the recomputation in its loop
+on every backend.
 """
 
 from __future__ import annotations
 
 import jax
 
-from purenet.core import require_positive_int
+from purenet.shapes import require_positive_int
 
 # Chen et al. 2016: with segments of k blocks, back-propagation holds n/k segment inputs plus one
 # segment's activations, k c inputs' worth, least at k = sqrt(n / c).  A Dense-ReLU-Dense residual

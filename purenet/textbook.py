@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from purenet.combinators import is_serial
-from purenet.core import Layer, MissingReferenceError, Params, ParamsError, as_float64, check_sequence_params
+from purenet.core import Layer, MissingReferenceError, Params, ParamsError, check_like
 from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
+from purenet.reference import params_template
+from purenet.shapes import as_float64, check_sequence_params
 
 
 def _mlp_units(model: Layer, params: Params) -> list[Layer | None]:
@@ -69,6 +71,7 @@ def textbook_mlp_gradient(
       ``(J, g_params)``, g_params in the model's params structure.
     """
     units = _mlp_units(model, params)
+    check_like(params, params_template(model, x), layer=model.name)
     params, x, targets = as_float64(params), as_float64(x), as_float64(targets)
     pairs = list(zip(params[::2], units))  # (the Dense params, the unit after them)
     # Algorithm 6.3: the forward pass, keeping a(k) and h(k).

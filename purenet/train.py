@@ -44,10 +44,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from purenet import checkpoint
-from purenet.core import ConfigError, Layer, PurenetError, require_positive_int
+from purenet.core import ConfigError, Layer, PurenetError
 from purenet.data import check_arrays, check_labels
 from purenet.losses import multiclass_hinge, softmax_cross_entropy
 from purenet.precision import Policy, check_policy, mixed_precision
+from purenet.shapes import require_positive_int
 from purenet.trees import all_finite
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]

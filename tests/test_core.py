@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 import purenet as pn
-from purenet.core import feature_width, normalize_shape, require_positive_int
+from purenet.shapes import feature_width, normalize_shape, require_positive_int
 
 
 def test_layer_record_fields_and_defaults():

@@ -17,7 +17,7 @@ import pytest
 
 import purenet as pn
 from purenet import curvature as cv
-from purenet.core import as_float64
+from purenet.shapes import as_float64
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +120,7 @@ def reference_jacobian(model, params, x, width):
     for i in range(x.shape[0] * width):
         g_out = np.zeros((x.shape[0], width))
         g_out.flat[i] = 1.0
-        rows.append(flat(model.bprop(p64, np.asarray(x), g_out)[0]))
+        rows.append(flat(model.reference.bprop(p64, np.asarray(x), g_out)[0]))
     return np.stack(rows)
 
 

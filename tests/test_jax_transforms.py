@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from strategies import networks
 
 import purenet as pn
+from purenet.summary import summary_rows
 
 
 def model_and_params(key):
@@ -69,4 +70,4 @@ def test_inferred_shape_matches_apply(model, width, batch):
     out_shape, params = model.init(jax.random.PRNGKey(0), (-1, width))
     y = model.apply(params, jnp.ones((batch, width)))
     assert y.shape == (batch, *out_shape[1:])
-    assert pn.count_params(params) == pn.core.summary_rows(model, (-1, width))[0].params
+    assert pn.count_params(params) == summary_rows(model, (-1, width))[0].params

@@ -16,7 +16,7 @@ import purenet as pn
 def jax_and_reference(layer, params, x):
     """(dJ/dparams, dJ/dx) by jax.grad and by bprop, for J = sum(layer(x)) in float64."""
     with jax.enable_x64(True):
-        params, x = pn.core.as_float64(params), np.asarray(x, np.float64)
+        params, x = pn.shapes.as_float64(params), np.asarray(x, np.float64)
         jax_grads = jax.grad(lambda p, x_: jnp.sum(layer.apply(p, x_)), argnums=(0, 1))(params, x)
     g_out = np.ones_like(layer.reference.value(params, x))
     return jax_grads, layer.reference.bprop(params, x, g_out)
@@ -88,7 +88,7 @@ def test_l1_penalty_has_zero_gradient_at_zero_weights():
     params = {"w": np.array([0.0, 2.0, -3.0]), "b": np.array([0.0])}
     penalty = pn.L1Penalty(0.5)
     with jax.enable_x64(True):
-        g_jax = jax.grad(penalty)(pn.core.as_float64(params))
+        g_jax = jax.grad(penalty)(pn.shapes.as_float64(params))
     g_ref = penalty.reference.value_and_grad(params)[1]
     np.testing.assert_array_equal(g_jax["w"], [0.0, 0.5, -0.5])
     np.testing.assert_array_equal(g_ref["w"], [0.0, 0.5, -0.5])

@@ -175,10 +175,10 @@ def test_repeat_reference_stacks_gradients_per_copy(key):
     params = stacked.init(key, (-1, 3))[1]
     x = np.random.default_rng(0).standard_normal((2, 3))
     g = np.ones((2, 3))
-    g_params, _ = stacked.reference.bprop(pn.core.as_float64(params), x, g)
+    g_params, _ = stacked.reference.bprop(pn.shapes.as_float64(params), x, g)
     unrolled = pn.serial(block, block, block)
     copies = tuple(jax.tree_util.tree_map(lambda a, i=i: a[i], params) for i in range(3))
-    g_unrolled, _ = unrolled.reference.bprop(pn.core.as_float64(copies), x, g)
+    g_unrolled, _ = unrolled.reference.bprop(pn.shapes.as_float64(copies), x, g)
     for i in range(3):
         np.testing.assert_allclose(g_params[0]["w"][i], g_unrolled[i][0]["w"], rtol=1e-14)
 
@@ -196,7 +196,7 @@ def test_algorithm_6_4_matches_the_composed_reference_and_jax(unit, penalty, key
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(composed.g_params)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     with jax.enable_x64(True):
-        p64 = pn.core.as_float64(params)
+        p64 = pn.shapes.as_float64(params)
 
         def cost_fn(p):
             value = pn.softmax_cross_entropy(model.apply(p, x), y)

@@ -26,10 +26,11 @@ import numpy as np
 from purenet.check.engine import Tolerances, finish, leaf_names, three_way
 from purenet.check.report import GradientReport
 from purenet.compiled import cached
-from purenet.core import Layer, MissingReferenceError, Reference, as_float64, is_shape
+from purenet.core import Layer, MissingReferenceError, Reference
 from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
-from purenet.reference import checked_pullback, kink_margin, reference_gradient
+from purenet.reference import checked_pullback, reference_pass
+from purenet.shapes import as_float64, is_shape
 
 
 def check_gradients(
@@ -53,32 +54,21 @@ def check_gradients(
 ) -> GradientReport:
     """Check the gradient of J = loss(model(x), targets) (+ regularizer(params)) three ways.
 
-    Compares, for every parameter leaf and the input x: ``jax.grad``, the
-    hand-derived reference backprop and finite differences, all in float64
-    (module docstring).  The model runs with ``train=False`` (no dropout).
+    For every parameter leaf and the input x: ``jax.grad``, the reference
+    and finite differences, in float64; the model runs with ``train=False``.
 
     Args:
-      model, params: the network and its params (any float dtype; checked
-        at float64 copies).
+      model, params: the network and its params (checked at float64 copies).
       x, targets: one batch of inputs and targets.
-      loss: a purenet loss, or your own with ``reference_loss``.
+      loss: a purenet ``Loss`` (it carries its reference), or your own.
       regularizer: ``None``, or a penalty such as ``L2Penalty(1e-4)``.
-      reference_loss: the reference of a loss that carries none
-        (``LossReference(value_and_grad)``), or to override the loss's own.
+      reference_loss: a loss's reference, ``LossReference(value_and_grad)``.
       reference: compare with the hand-derived reference; ``False`` compares
         JAX with finite differences only (for a model with a layer of your
-        own that has no ``bprop`` yet).
-      reference_rtol: tolerance of the reference against JAX, relative to
-        the leaf's scale.
-      rtol: tolerance of finite differences against either, relative.
-      atol: absolute floor of the FD comparisons, times max(1, |J|), for
-        leaves whose gradient is ~0; the reference comparison uses 1e-4 of
-        it, since the reference and JAX differ only by rounding.
-      eps: the finite-difference step h.
-      max_coordinates: leaves with at most this many entries are probed
-        coordinate by coordinate; larger ones along ``directions`` random
-        unit directions.
-      seed: seeds the random directions.
+        own that has no reference yet).
+      reference_rtol, rtol, atol, eps, max_coordinates, directions, seed:
+        the tolerances and the probing, as ``purenet.check.engine.Tolerances``
+        describes them (``rtol`` is its ``fd_rtol``).
       raise_on_failure: raise ``GradientCheckError`` (carrying the report)
         when a tolerance is exceeded; ``False`` only returns the report.
 
@@ -92,9 +82,11 @@ def check_gradients(
         params64, x64, targets64 = as_float64(params), as_float64(x), as_float64(targets)
         reference_side, margin = None, np.inf
         if reference:
-            result = reference_gradient(model, params64, x64, targets64, loss_ref, regularizer)
+            result, network_margin = reference_pass(model, params64, x64, targets64, loss_ref, regularizer)
             reference_side = ((result.g_params, result.g_x), result.outputs)
-            margin = _cost_kink_margin(model, params64, x64, result.outputs, targets64, loss_ref, regularizer)
+            margin = _cost_kink_margin(
+                network_margin(), params64, result.outputs, targets64, loss_ref, regularizer
+            )
         elif regularizer is not None:
             penalty_reference(regularizer)  # the same error as with a reference, early
         names = leaf_names(params64, "params") + leaf_names(x64, "x")
@@ -116,9 +108,8 @@ def _cost_scalar(model: Layer, loss: Callable, regularizer: Any) -> Callable:
     return cost
 
 
-def _cost_kink_margin(model, params, x, outputs, targets, loss, regularizer) -> float:
-    """The distance to the nearest kink of the network, the loss and the penalty."""
-    margin = kink_margin(model, params, x)
+def _cost_kink_margin(margin: float, params, outputs, targets, loss, regularizer) -> float:
+    """The distance to the nearest kink of the network (``margin``), the loss and the penalty."""
     kinks_of_loss = loss_reference(loss).kinks
     if kinks_of_loss is not None:
         margin = min(margin, kinks_of_loss(outputs, targets))
@@ -153,10 +144,8 @@ def check_layer(
 ) -> GradientReport:
     """Check a layer's hand-derived backward against ``jax.grad`` and finite differences.
 
-    Write the forward in ``jax.numpy`` (``layer.apply``) and the backward in
-    NumPy, ``bprop(params, x, g_out) -> (g_params, g_x)``; this checks the
-    vector-Jacobian product it computes for a random cotangent g_out, i.e. the
-    gradient of the scalar  s(params, x) = sum(apply(params, x) * g_out).
+    This checks the vector-Jacobian product the backward computes for a
+    random cotangent g_out: the gradient of s(params, x) = sum(apply(params, x) * g_out).
 
     Args:
       layer: the layer; its ``reference`` is checked unless ``bprop`` is given.
@@ -185,14 +174,7 @@ def check_layer(
     tol = Tolerances(reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
     rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
-        x64 = as_float64(_example_input(input_shape, rng) if x is None else x)
-        if params is None:
-            shape = jax.tree_util.tree_map(np.shape, x64)
-            params = layer.init(jax.random.PRNGKey(seed), shape)[1]
-        params64 = as_float64(params)
-        # Only the output's shapes are needed here; the compiled check runs the forward.
-        outputs = jax.eval_shape(layer.apply, params64, x64)
-        g_out = jax.tree_util.tree_map(lambda y: rng.standard_normal(y.shape), outputs)
+        params64, x64, g_out = _layer_point(layer, input_shape, params, x, seed, rng)
         ref_outputs, pullback = _layer_pullback(layer, bprop, np_apply, params64, x64)
         reference_side = (checked_pullback(layer.name, params64, x64, pullback)(g_out), ref_outputs)
         margin = np.inf
@@ -202,6 +184,17 @@ def check_layer(
         scalar = _projection_scalar(layer)
         report = three_way(subject, scalar, (params64, x64), g_out, names, reference_side, margin, tol)
     return finish(report, raise_on_failure)
+
+
+def _layer_point(layer: Layer, input_shape, params, x, seed: int, rng: np.random.Generator):
+    """float64 params and input to check a layer at, and a random cotangent of its output's shape."""
+    x64 = as_float64(_example_input(input_shape, rng) if x is None else x)
+    if params is None:
+        params = layer.init(jax.random.PRNGKey(seed), jax.tree_util.tree_map(np.shape, x64))[1]
+    params64 = as_float64(params)
+    # Only the output's shapes are needed here; the compiled check runs the forward.
+    outputs = jax.eval_shape(layer.apply, params64, x64)
+    return params64, x64, jax.tree_util.tree_map(lambda y: rng.standard_normal(y.shape), outputs)
 
 
 def _layer_pullback(layer: Layer, bprop, np_apply, params, x) -> tuple[Any, Callable]:

@@ -169,6 +169,24 @@ def leaf_names(tree: Any, prefix: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Tolerances:
+    """How a check probes and what it tolerates (the public checks' keyword arguments).
+
+    Attributes:
+      reference_rtol: tolerance of the reference against JAX, relative to
+        the leaf's scale.
+      fd_rtol: tolerance of finite differences against either, relative
+        (the checks' ``rtol``).
+      atol: absolute floor of the FD comparisons, times max(1, |J|), for
+        leaves whose gradient is ~0; the reference comparison uses 1e-4 of
+        it, since the reference and JAX differ only by rounding.
+      eps: the finite-difference step h.
+      max_coordinates: leaves with at most this many entries are probed
+        coordinate by coordinate; larger ones along ``directions`` random
+        unit directions.
+      directions: the number of random directions for a large leaf.
+      seed: seeds the random directions.
+    """
+
     reference_rtol: float
     fd_rtol: float
     atol: float

@@ -32,16 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import (
-    NO_INIT_POLICY,
-    Initializer,
-    InitPolicy,
-    Layer,
-    Reference,
-    check_input,
-    check_no_params,
-    feature_width,
-)
+from purenet.core import NO_INIT_POLICY, Initializer, InitPolicy, Layer, Reference
+from purenet.shapes import check_input, check_no_params, feature_width
 
 glorot_normal = jax.nn.initializers.glorot_normal()
 NpUnary = Callable[[np.ndarray], np.ndarray]

@@ -28,12 +28,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from purenet.core import (
-    NO_INIT_POLICY,
-    Initializer,
-    InitPolicy,
-    Layer,
-    Reference,
+from purenet.core import NO_INIT_POLICY, Initializer, InitPolicy, Layer, Reference
+from purenet.shapes import (
     check_input,
     check_params_like_init,
     feature_width,

@@ -21,10 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import (
-    Layer,
-    Reference,
-    ShapeError,
+from purenet.core import Layer, Reference, ShapeError
+from purenet.shapes import (
     check_input,
     check_no_params,
     is_shape,

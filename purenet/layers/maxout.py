@@ -26,10 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import (
-    Initializer,
-    Layer,
-    Reference,
+from purenet.core import Initializer, Layer, Reference
+from purenet.shapes import (
     check_input,
     check_params_like_init,
     feature_width,

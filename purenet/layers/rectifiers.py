@@ -29,17 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import (
-    Initializer,
-    InitPolicy,
-    Layer,
-    Reference,
-    check_input,
-    check_params_like_init,
-    feature_width,
-    sum_to_shape,
-)
+from purenet.core import Initializer, InitPolicy, Layer, Reference
 from purenet.layers.activations import elementwise
+from purenet.shapes import check_input, check_params_like_init, feature_width, sum_to_shape
 
 he_normal = jax.nn.initializers.he_normal()
 

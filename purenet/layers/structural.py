@@ -14,15 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import (
-    ConfigError,
-    Layer,
-    Reference,
-    ShapeError,
-    check_input,
-    check_no_params,
-    normalize_shape,
-)
+from purenet.core import ConfigError, Layer, Reference, ShapeError
+from purenet.shapes import check_input, check_no_params, normalize_shape
 
 
 def Flatten() -> Layer:
