@@ -212,6 +212,12 @@ def _hinge_kinks(z: np.ndarray, labels: np.ndarray) -> float:
     return float(np.min(top_two[..., 1] - top_two[..., 0], initial=np.inf))
 
 
+# Integer targets are class indices into the outputs' last axis, so the output width is the number
+# of classes (fit checks labels against it).  On main losses are Loss records with this field.
+softmax_cross_entropy.class_labels = True  # type: ignore[attr-defined]
+multiclass_hinge.class_labels = True  # type: ignore[attr-defined]
+
+
 # --------------------------------------------------------------------------
 # The losses' references, for purenet.reference and purenet.check
 # --------------------------------------------------------------------------
