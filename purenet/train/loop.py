@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ from purenet.train.base import (
     Loss,
     Metric,
     NonFiniteLossError,
+    StepOutput,
     TrainState,
 )
 from purenet.train.evaluation import _evaluate_batches, _evaluator
@@ -89,7 +90,8 @@ def fit(
         validation data beside the loss, e.g. ``{"accuracy": pn.accuracy}``.
       steps_per_dispatch: steps fused into one compiled ``lax.scan`` (default:
         a whole epoch, up to 256 steps); 1 runs one dispatch per step.  Data
-        larger than 1 GiB is fed from the host one step at a time.
+        larger than a quarter of the device's memory (1 GiB where the device
+        does not report it) is fed from the host one step at a time.
       mesh, data_axis: train data-parallel over ``mesh``'s axis ``data_axis``;
         ``batch_size`` must be a multiple of that axis' size.
       checkpoint_path: save params, optimizer state, PRNG key and history
@@ -107,6 +109,67 @@ def fit(
         holds the last good params and optimizer state.
     """
     epochs = require_positive_int("fit", "epochs", epochs)
+    plan = _prepare(
+        model, params, x, y, loss=loss, optimizer=optimizer, batch_size=batch_size, regularizer=regularizer,
+        validation=validation, metrics=metrics, steps_per_dispatch=steps_per_dispatch, policy=policy,
+        on_nonfinite=on_nonfinite, mesh=mesh, data_axis=data_axis,
+    )  # fmt: skip
+    state, key, history, start_epoch = _start(plan, params, optimizer, key, checkpoint_path)
+    bar = _progress_bar(progress, total=(epochs - start_epoch) * plan.steps_per_epoch * plan.batch_size)
+    try:
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            state, key, outputs = _run_epoch(plan, state, key, bar)
+            _record_epoch(plan, epoch, state, outputs, history)
+            history["seconds"].append(time.perf_counter() - started)
+            if bar is not None:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{history['loss'][-1]:.4f}")
+            if checkpoint_path is not None:
+                _save_checkpoint(checkpoint_path, state, key, history, epoch + 1, plan.steps_per_epoch)
+    finally:
+        _close(bar)
+    return FitResult(state.params, state.opt_state, history)
+
+
+# --------------------------------------------------------------------------
+# fit's parts: prepare, start, run one epoch, record it
+# --------------------------------------------------------------------------
+
+
+class _Plan(NamedTuple):
+    """What ``fit`` fixes before its first step, from its arguments."""
+
+    x: Any  # the training data, on the device where it fits there
+    y: Any
+    validation: tuple[np.ndarray, np.ndarray] | None
+    batch_size: int  # capped at the dataset size
+    steps_per_epoch: int
+    steps_per_dispatch: int
+    on_nonfinite: str
+    replicated: NamedSharding | None  # the state's sharding on a mesh
+    run: Callable  # the compiled loop: run(state, x, y, indices, keys) -> (state, StepOutput)
+    evaluate_on: Callable  # the compiled evaluator of the validation data
+
+
+def _prepare(
+    model: Layer,
+    params: Any,
+    x: Any,
+    y: Any,
+    *,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    regularizer: Callable[[Any], jax.Array] | None,
+    validation: tuple[Any, Any] | None,
+    metrics: Mapping[str, Metric] | None,
+    steps_per_dispatch: int | None,
+    policy: Policy | None,
+    on_nonfinite: str,
+    mesh: Mesh | None,
+    data_axis: str,
+) -> _Plan:
+    """Check fit's arguments and data, place the data, and fetch the compiled loop and evaluator."""
     batch_size = require_positive_int("fit", "batch_size", batch_size)
     x, y = check_arrays("fit", x, y)
     if x.shape[0] == 0:
@@ -132,64 +195,85 @@ def fit(
     if on_device:
         x, y = jax.device_put(x, replicated), jax.device_put(y, replicated)
     run = _runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device)
+    evaluate_on = _evaluator(model if policy is None else mixed_precision(model, policy), loss, metrics or {})
+    return _Plan(
+        x,
+        y,
+        validation,
+        batch_size,
+        steps_per_epoch,
+        steps_per_dispatch,
+        on_nonfinite,
+        replicated,
+        run,
+        evaluate_on,
+    )
 
+
+def _start(
+    plan: _Plan, params: Any, optimizer: optax.GradientTransformation, key: jax.Array, checkpoint_path
+) -> tuple[TrainState, jax.Array, dict[str, list[float]], int]:
+    """The state, key, history and epoch to start from: fresh, or resumed from ``checkpoint_path``."""
     params = jax.tree_util.tree_map(lambda leaf: jnp.array(leaf, copy=True), params)  # the runner donates it
     state = TrainState(params, optimizer.init(params), jnp.array(True))
     history: dict[str, list[float]] = {"loss": [], "skipped": [], "seconds": []}
     start_epoch = 0
     if checkpoint_path is not None and checkpoint.exists(checkpoint_path):
         state, key, history, start_epoch = _resume(checkpoint_path, state, key)
-    if replicated is not None:
-        state = jax.device_put(state, replicated)
-    evaluate_on = _evaluator(model if policy is None else mixed_precision(model, policy), loss, metrics or {})
-    bar = _progress_bar(progress, total=(epochs - start_epoch) * steps_per_epoch * batch_size)
+    if plan.replicated is not None:
+        state = jax.device_put(state, plan.replicated)
+    return state, key, history, start_epoch
 
-    for epoch in range(start_epoch, epochs):
-        started = time.perf_counter()
-        key, shuffle_key, steps_key = jax.random.split(key, 3)
-        # the epoch's batches and keys come to the host once; slicing them per dispatch is then free
-        order = np.asarray(jax.random.permutation(shuffle_key, x.shape[0]))[: steps_per_epoch * batch_size]
-        indices = order.reshape(steps_per_epoch, batch_size)
-        step_keys = jax.random.split(steps_key, steps_per_epoch)
-        if not jnp.issubdtype(step_keys.dtype, jax.dtypes.prng_key):  # typed keys stay on the device
-            step_keys = np.asarray(step_keys)
-        outputs = []
-        for first in range(0, steps_per_epoch, steps_per_dispatch):
-            chunk = slice(first, first + steps_per_dispatch)
-            state, out = run(state, x, y, indices[chunk], step_keys[chunk])
-            outputs.append(out)  # no host sync here: dispatches queue up behind one another
-            if bar is not None:
-                bar.update(len(indices[chunk]) * batch_size)
-        # one sync per epoch; with "stop" the state froze at the first bad step, so it is the last good one
-        fetched = jax.device_get(outputs)
-        finite = np.concatenate([np.asarray(out.finite) for out in fetched])
-        if on_nonfinite == "stop" and not finite.all():
-            _close(bar)
-            bad_step = epoch * steps_per_epoch + int(np.argmin(finite))
-            raise NonFiniteLossError(bad_step, state.params, state.opt_state, history) from None
-        skipped = int((~finite).sum())
-        losses = np.concatenate([np.asarray(out.loss) for out in fetched])[finite]
-        history["loss"].append(float(np.mean(losses)) if losses.size else float("nan"))
-        history["skipped"].append(skipped)
-        if validation is not None:
-            figures = _evaluate_batches(
-                evaluate_on, state.params, *validation, batch_size=max(batch_size, 1024)
-            )
-            for name, value in figures.items():
-                history.setdefault(f"val_{name}", []).append(value)
-        history["seconds"].append(time.perf_counter() - started)
+
+def _run_epoch(
+    plan: _Plan, state: TrainState, key: jax.Array, bar
+) -> tuple[TrainState, jax.Array, StepOutput]:
+    """One epoch of reshuffled minibatches: the new state and key, and every step's loss and finite flag.
+
+    The steps' outputs come to the host once, at the end: the dispatches queue
+    up behind one another without a host sync.
+    """
+    key, shuffle_key, steps_key = jax.random.split(key, 3)
+    # the epoch's batches and keys come to the host once; slicing them per dispatch is then free
+    order = np.asarray(jax.random.permutation(shuffle_key, plan.x.shape[0]))
+    indices = order[: plan.steps_per_epoch * plan.batch_size].reshape(plan.steps_per_epoch, plan.batch_size)
+    step_keys = jax.random.split(steps_key, plan.steps_per_epoch)
+    if not jnp.issubdtype(step_keys.dtype, jax.dtypes.prng_key):  # typed keys stay on the device
+        step_keys = np.asarray(step_keys)
+    outputs = []
+    for first in range(0, plan.steps_per_epoch, plan.steps_per_dispatch):
+        chunk = slice(first, first + plan.steps_per_dispatch)
+        state, out = plan.run(state, plan.x, plan.y, indices[chunk], step_keys[chunk])
+        outputs.append(out)
         if bar is not None:
-            bar.set_postfix(epoch=epoch + 1, loss=f"{history['loss'][-1]:.4f}")
-        if checkpoint_path is not None:
-            checkpoint.save(
-                checkpoint_path,
-                {"params": state.params, "opt_state": state.opt_state, "key": key},
-                epoch=epoch + 1,
-                step=(epoch + 1) * steps_per_epoch,
-                history=history,
-            )
-    _close(bar)
-    return FitResult(state.params, state.opt_state, history)
+            bar.update(len(indices[chunk]) * plan.batch_size)
+    fetched = jax.device_get(outputs)
+    losses = np.concatenate([np.asarray(out.loss) for out in fetched])
+    return state, key, StepOutput(losses, np.concatenate([np.asarray(out.finite) for out in fetched]))
+
+
+def _record_epoch(
+    plan: _Plan, epoch: int, state: TrainState, outputs: StepOutput, history: dict[str, list[float]]
+) -> None:
+    """Append an epoch's mean loss, skipped steps and validation figures to ``history``.
+
+    Raises:
+      NonFiniteLossError: with ``on_nonfinite="stop"``, for the epoch's first
+        non-finite step; the state froze there, so it is the last good one.
+    """
+    finite = outputs.finite
+    if plan.on_nonfinite == "stop" and not finite.all():
+        bad_step = epoch * plan.steps_per_epoch + int(np.argmin(finite))
+        raise NonFiniteLossError(bad_step, state.params, state.opt_state, history)
+    losses = outputs.loss[finite]
+    history["loss"].append(float(np.mean(losses)) if losses.size else float("nan"))
+    history["skipped"].append(int((~finite).sum()))
+    if plan.validation is not None:
+        figures = _evaluate_batches(
+            plan.evaluate_on, state.params, *plan.validation, batch_size=max(plan.batch_size, 1024)
+        )
+        for name, value in figures.items():
+            history.setdefault(f"val_{name}", []).append(value)
 
 
 def _label_classes(model: Layer, params: Any, x: np.ndarray, y: np.ndarray, loss: Loss) -> int | None:
@@ -220,6 +304,14 @@ def _mesh_shardings(mesh: Mesh, axis: str, batch_size: int) -> tuple[NamedShardi
             f"got {batch_size}",
         )
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(axis))
+
+
+def _save_checkpoint(
+    path, state: TrainState, key: jax.Array, history: dict, epochs: int, steps_per_epoch: int
+) -> None:
+    """Save what ``_resume`` reads back after ``epochs`` epochs: params, optimizer state, key, history."""
+    tree = {"params": state.params, "opt_state": state.opt_state, "key": key}
+    checkpoint.save(path, tree, epoch=epochs, step=epochs * steps_per_epoch, history=history)
 
 
 def _resume(path, state: TrainState, key: jax.Array) -> tuple[TrainState, jax.Array, dict, int]:
