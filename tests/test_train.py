@@ -275,3 +275,32 @@ def test_labels_out_of_the_models_range_are_refused(key):
         pn.fit(model, params, x, jnp.array([0, 3, 1, 2]), **kwargs)
     with pytest.raises(pn.ConfigError, match=r"fit: labels must lie in \[0, 3\), got -1 at index 0"):
         pn.fit(model, params, x, jnp.array([0, 1, 1, 2]), validation=(x, jnp.array([-1, 0, 0, 0])), **kwargs)
+
+
+class IndexLoss:
+    """A user's loss over class scores that says so, as purenet's own Loss records do."""
+
+    class_labels = True
+
+    def __call__(self, logits, labels):
+        return pn.softmax_cross_entropy(logits, labels)
+
+
+def squared_distance_to_label(outputs, labels):
+    """A plain function on integer targets that are values, not class indices: 3 is a fine target."""
+    return jnp.mean((outputs[:, 0] - labels) ** 2)
+
+
+def test_the_label_check_follows_the_losss_class_labels_fact(key):
+    model = pn.Dense(3)
+    _, params = model.init(key, (-1, 2))
+    kwargs = dict(optimizer=optax.sgd(0.1), key=key, epochs=1, batch_size=2)
+    x, y = jnp.ones((4, 2)), jnp.array([0, 3, 1, 2])
+    with pytest.raises(pn.ConfigError, match=r"fit: labels must lie in \[0, 3\), got 3 at index 1"):
+        pn.fit(model, params, x, y, loss=IndexLoss(), **kwargs)
+    with pytest.raises(pn.ConfigError, match=r"fit: labels must lie in \[0, 3\), got -1 at index 0"):
+        pn.fit(model, params, x, jnp.array([0, 1, 1, 2]), loss=IndexLoss(),
+               validation=(x, jnp.array([-1, 0, 0, 0])), **kwargs)  # fmt: skip
+    assert not hasattr(squared_distance_to_label, "class_labels")
+    result = pn.fit(model, params, x, y, loss=squared_distance_to_label, validation=(x, y), **kwargs)
+    assert np.isfinite(result.history["loss"]).all() and np.isfinite(result.history["val_loss"]).all()

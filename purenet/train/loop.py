@@ -34,7 +34,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from purenet import checkpoint
 from purenet.core import ConfigError, Layer, require_positive_int
 from purenet.data import check_arrays, check_labels
-from purenet.losses import multiclass_hinge, softmax_cross_entropy
 from purenet.precision import Policy, check_policy, mixed_precision
 from purenet.train.base import (
     DEVICE_DATA_BYTES,
@@ -277,8 +276,13 @@ def _record_epoch(
 
 
 def _label_classes(model: Layer, params: Any, x: np.ndarray, y: np.ndarray, loss: Loss) -> int | None:
-    """For integer labels fed to a loss over class scores: the number of classes the model outputs."""
-    if loss not in (softmax_cross_entropy, multiclass_hinge) or y.dtype.kind not in "iu":
+    """For integer labels fed to a loss over class scores: the number of classes the model outputs.
+
+    The loss says so itself: ``loss.class_labels`` is true where integer
+    targets are class indices into the outputs' last axis (softmax cross
+    entropy, multiclass hinge, or a user's loss carrying the attribute).
+    """
+    if not getattr(loss, "class_labels", False) or y.dtype.kind not in "iu":
         return None
     return jax.eval_shape(lambda p, xb: model.apply(p, xb), params, x[:1]).shape[-1]  # shapes only
 
