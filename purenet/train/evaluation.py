@@ -3,7 +3,9 @@
 ``accuracy`` and ``binary_accuracy`` are metrics with the loss signature
 ``metric(outputs, targets) -> scalar``; ``evaluate`` reports the mean of the
 loss and of each metric over the examples, in evaluation mode (dropout off).
-``fit`` uses the same compiled evaluator for its validation data.
+``fit`` uses the same compiled evaluator for its validation data, both
+fetched from purenet's one bounded compile cache, so evaluating again with
+the same model, loss and metrics compiles nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from purenet.compiled import cached
 from purenet.core import Layer, require_positive_int
 from purenet.data import check_arrays
 from purenet.precision import Policy, mixed_precision
@@ -44,18 +47,34 @@ def evaluate(
     """The loss and each metric over (x, y), in evaluation mode, in batches of ``batch_size``.
 
     Each figure is the mean over examples (batch means weighted by batch size).
+    Called again with the same model, loss, metric functions and policy, it
+    reuses the compiled evaluator: only batch shapes not seen before compile.
     """
     x, y = check_arrays("evaluate", x, y)
     batch_size = require_positive_int("evaluate", "batch_size", batch_size)
-    compute = _evaluator(model if policy is None else mixed_precision(model, policy), loss, metrics or {})
+    compute = _evaluator(model, loss, tuple((metrics or {}).items()), policy)
     return _evaluate_batches(compute, params, x, y, batch_size)
 
 
-def _evaluator(model: Layer, loss: Loss, metrics: Mapping[str, Metric]) -> Callable:
+@cached
+def _evaluator(
+    model: Layer, loss: Loss, metrics: tuple[tuple[str, Metric], ...], policy: Policy | None
+) -> Callable:
+    """The jitted ``(params, x, y) -> {"loss": ..., name: ...}`` in evaluation mode, under ``policy``.
+
+    Built in purenet's one bounded compile cache (``purenet.compiled``): a
+    second ``evaluate`` (or ``fit``'s validation) with the same model, loss,
+    metrics and policy reaches the same jitted function and compiles nothing
+    for shapes it has seen.  ``metrics`` comes as a tuple of ``(name, fn)``
+    pairs so that equal mappings share one entry.
+    """
+    if policy is not None:
+        model = mixed_precision(model, policy)
+
     @jax.jit
     def compute(params, x, y):
         outputs = model.apply(params, x, train=False)
-        return {"loss": loss(outputs, y)} | {name: fn(outputs, y) for name, fn in metrics.items()}
+        return {"loss": loss(outputs, y)} | {name: fn(outputs, y) for name, fn in metrics}
 
     return compute
 

@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from purenet import checkpoint
 from purenet.core import ConfigError, Layer, require_positive_int
 from purenet.data import check_arrays, check_labels
-from purenet.precision import Policy, check_policy, mixed_precision
+from purenet.precision import Policy, check_policy
 from purenet.train.base import (
     DEVICE_DATA_BYTES,
     DEVICE_DATA_FRACTION,
@@ -194,7 +194,7 @@ def _prepare(
     if on_device:
         x, y = jax.device_put(x, replicated), jax.device_put(y, replicated)
     run = _runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device)
-    evaluate_on = _evaluator(model if policy is None else mixed_precision(model, policy), loss, metrics or {})
+    evaluate_on = _evaluator(model, loss, tuple((metrics or {}).items()), policy)
     return _Plan(
         x,
         y,

@@ -24,7 +24,6 @@ training goes on.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 
+from purenet.compiled import cached
 from purenet.core import ConfigError, Layer
 from purenet.precision import Policy, check_policy, mixed_precision
 from purenet.train.base import ON_NONFINITE, Loss, StepOutput, TrainState
@@ -172,23 +172,19 @@ def _host_fed_steps(step: Callable, batch_sharding: NamedSharding | None) -> Cal
     return run
 
 
+@cached
 def _runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device) -> Callable:
-    """The compiled loop, cached so that fit called again with the same functions does not compile again."""
-    args = (model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device)
-    try:
-        return _cached_runner(*args)
-    except TypeError:  # an unhashable argument (a regularizer object with arrays, say): build afresh
-        return _build_runner(*args)
+    """The compiled loop ``fit`` dispatches: K scanned steps on device data, else host-fed steps.
 
-
-def _build_runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device):
+    Built in purenet's one bounded compile cache (``purenet.compiled``), so
+    fit called again with the same model, loss, optimizer and options reaches
+    the same jitted function and compiles nothing; with an unhashable
+    argument (a regularizer object holding arrays, say) it is built afresh.
+    """
     step = _step_function(model, loss, optimizer, regularizer, policy, on_nonfinite)
     if on_device:
         return _scan_steps(step, batch_sharding)
     return _host_fed_steps(jax.jit(step, donate_argnums=(0,)), batch_sharding)
-
-
-_cached_runner = functools.lru_cache(maxsize=16)(_build_runner)
 
 
 __all__ = ["make_train_step"]
