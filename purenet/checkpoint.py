@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import PurenetError
+from purenet.core import PurenetError, check_like
 
 FORMAT = "purenet-checkpoint"
 VERSION = 1
@@ -257,29 +257,53 @@ def _read(path: str | os.PathLike, arrays: bool) -> tuple[pathlib.Path, dict, li
 
 
 def _check_fits(path, infos: list[dict], like: Any) -> None:
-    expected = jax.tree_util.tree_flatten_with_path(like)[0]
+    """The checkpoint must hold ``like``'s leaf paths, shapes and exact dtypes.
+
+    Shapes and dtype kinds go through the library's one tree check,
+    ``check_like``, on a tree of ``jax.ShapeDtypeStruct`` built from the
+    stored leaf infos in ``like``'s structure, so a model of another size is
+    named by its first leaf of another shape.  Then the leaf paths, which the
+    checkpoint stores (leaves of one shape under other names), and last the
+    exact dtype, since a resumed run must get back the precision it saved.
+    """
+    expected, treedef = jax.tree_util.tree_flatten_with_path(like)
     if len(expected) != len(infos):
         raise CheckpointError(
             "load", f"{path} holds {len(infos)} arrays, but the tree it is loaded into has {len(expected)}"
         )
-    for (key_path, leaf), info in zip(expected, infos):
+    # like's leaves as specs too: a Python scalar is then a leaf to check_like, and no array leaves the device
+    wanted = [_leaf_spec(leaf) for _, leaf in expected]
+    stored = [_stored_spec(info) for info in infos]
+    template = jax.tree_util.tree_unflatten(treedef, wanted)
+    held = jax.tree_util.tree_unflatten(treedef, stored)
+    check_like(held, template, layer="load", what=str(path), error=CheckpointError)
+    for (key_path, _), info in zip(expected, infos):
         name = jax.tree_util.keystr(key_path)
         if info["path"] != name:
             raise CheckpointError(
                 "load", f"{path}: expected a leaf at {name}, the checkpoint has {info['path']}"
             )
-        want_shape = list(np.shape(leaf))
-        if info["shape"] != want_shape:
+    for (key_path, _), want, got in zip(expected, wanted, stored):
+        if want.dtype != got.dtype:
             raise CheckpointError(
                 "load",
-                f"{path}: the leaf at {name} has shape {tuple(info['shape'])}, expected {tuple(want_shape)}",
+                f"{path}: the leaf at {jax.tree_util.keystr(key_path)} has dtype {got.dtype}, "
+                f"expected {want.dtype}",
             )
-        is_key = isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-        want_dtype = "key" if is_key else str(np.asarray(leaf).dtype)
-        if info["dtype"] != want_dtype:
-            raise CheckpointError(
-                "load", f"{path}: the leaf at {name} has dtype {info['dtype']}, expected {want_dtype}"
-            )
+
+
+def _leaf_spec(leaf: Any) -> jax.ShapeDtypeStruct:
+    """A leaf of ``like`` as its shape and the dtype ``save`` stores it in (a Python scalar's is NumPy's)."""
+    dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+    return jax.ShapeDtypeStruct(np.shape(leaf), dtype)
+
+
+def _stored_spec(info: dict) -> jax.ShapeDtypeStruct:
+    """A stored leaf's shape and dtype, from its JSON info (a PRNG key's dtype from its impl)."""
+    if info["dtype"] == "key":
+        key_dtype = jax.eval_shape(lambda: jax.random.key(0, impl=info["impl"])).dtype  # no key is made
+        return jax.ShapeDtypeStruct(tuple(info["shape"]), key_dtype)
+    return jax.ShapeDtypeStruct(tuple(info["shape"]), jnp.dtype(info["dtype"]))
 
 
 __all__ = ["CheckpointError", "exists", "load", "read_metadata", "save"]

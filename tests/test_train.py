@@ -1,5 +1,6 @@
 """The jit-compiled train step and fit(): fused and step-by-step loops, evaluation, non-finite handling."""
 
+import contextlib
 import io
 
 import jax
@@ -65,7 +66,7 @@ def test_fused_and_step_by_step_loops_train_the_same_params(key, steps_per_dispa
 def test_host_fed_loop_trains_the_same_params(key, monkeypatch):
     """Data too large for the device is fed one minibatch per step, with the same result."""
     on_device = fit_regression(key, pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1)))
-    monkeypatch.setattr(train, "_device_data_budget", lambda: 0)
+    monkeypatch.setattr(train.loop, "_device_data_budget", lambda: 0)  # where fit looks it up
     host_fed = fit_regression(key, pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1)))
     assert leaves_equal(on_device.params, host_fed.params)
 
@@ -275,3 +276,109 @@ def test_labels_out_of_the_models_range_are_refused(key):
         pn.fit(model, params, x, jnp.array([0, 3, 1, 2]), **kwargs)
     with pytest.raises(pn.ConfigError, match=r"fit: labels must lie in \[0, 3\), got -1 at index 0"):
         pn.fit(model, params, x, jnp.array([0, 1, 1, 2]), validation=(x, jnp.array([-1, 0, 0, 0])), **kwargs)
+
+
+class IndexLoss:
+    """A user's loss over class scores that says so, as purenet's own Loss records do."""
+
+    class_labels = True
+
+    def __call__(self, logits, labels):
+        return pn.softmax_cross_entropy(logits, labels)
+
+
+def squared_distance_to_label(outputs, labels):
+    """A plain function on integer targets that are values, not class indices: 3 is a fine target."""
+    return jnp.mean((outputs[:, 0] - labels) ** 2)
+
+
+def test_the_label_check_follows_the_losss_class_labels_fact(key):
+    model = pn.Dense(3)
+    _, params = model.init(key, (-1, 2))
+    kwargs = dict(optimizer=optax.sgd(0.1), key=key, epochs=1, batch_size=2)
+    x, y = jnp.ones((4, 2)), jnp.array([0, 3, 1, 2])
+    with pytest.raises(pn.ConfigError, match=r"fit: labels must lie in \[0, 3\), got 3 at index 1"):
+        pn.fit(model, params, x, y, loss=IndexLoss(), **kwargs)
+    with pytest.raises(pn.ConfigError, match=r"fit: labels must lie in \[0, 3\), got -1 at index 0"):
+        pn.fit(model, params, x, jnp.array([0, 1, 1, 2]), loss=IndexLoss(),
+               validation=(x, jnp.array([-1, 0, 0, 0])), **kwargs)  # fmt: skip
+    assert not hasattr(squared_distance_to_label, "class_labels")
+    result = pn.fit(model, params, x, y, loss=squared_distance_to_label, validation=(x, y), **kwargs)
+    assert np.isfinite(result.history["loss"]).all() and np.isfinite(result.history["val_loss"]).all()
+
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def backend_compiles():
+    """The XLA backend compiles that happen inside the block, one entry each."""
+    compiles = []
+
+    def listen(event, duration, **kwargs):
+        if event == BACKEND_COMPILE:
+            compiles.append(kwargs)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def test_a_second_evaluate_with_the_same_objects_compiles_nothing(key):
+    model = pn.serial(pn.Dense(8), pn.Tanh(), pn.Dense(3))  # a fresh model: nothing cached for it yet
+    _, params = model.init(key, (-1, 4))
+    x, y = jax.random.normal(key, (50, 4)), jnp.arange(50) % 3
+    metrics = {"accuracy": pn.accuracy}
+
+    def run():
+        return pn.evaluate(model, params, x, y, loss=pn.softmax_cross_entropy, metrics=metrics, batch_size=32)
+
+    with backend_compiles() as first:
+        figures = run()
+    with backend_compiles() as second:
+        again = run()
+    assert len(first) >= 2  # the evaluator, once per batch shape (32 and the trailing 18)
+    assert second == [] and again == figures
+
+
+def test_a_second_fit_with_the_same_objects_compiles_nothing(key):
+    """The runner and the validation evaluator come from the compile cache; the eager ops are JAX-cached."""
+    model = pn.serial(pn.Dense(4), pn.Dropout(0.2), pn.Dense(1))  # fresh: its first fit must compile
+    optimizer = optax.adam(0.1)
+    x, y = regression_data(key)
+    kwargs = dict(loss=pn.mean_squared_error, optimizer=optimizer, epochs=2, batch_size=8,
+                  validation=(x[:20], y[:20]), metrics={"mae": lambda z, t: jnp.mean(jnp.abs(z - t))})  # fmt: skip
+    with backend_compiles() as first:
+        pn.fit(model, model.init(key, (-1, 3))[1], x, y, key=jax.random.PRNGKey(5), **kwargs)
+    # new params and a new key of the same shapes, the same model, loss, optimizer and metric functions
+    with backend_compiles() as second:
+        result = pn.fit(
+            model, model.init(jax.random.PRNGKey(1), (-1, 3))[1], x, y, key=jax.random.PRNGKey(6), **kwargs
+        )
+    assert len(first) >= 2  # at least the fused training loop and the evaluator
+    assert second == []  # nothing at all: not the loop, not the evaluator, not an eager op
+    assert len(result.history["val_mae"]) == 2
+
+
+class ArrayPenalty:
+    """A regularizer holding an array: unhashable, so fit builds its loop afresh instead of caching it."""
+
+    __hash__ = None
+
+    def __init__(self, scale):
+        self.scale = jnp.asarray(scale)
+
+    def __call__(self, params):
+        return self.scale * sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def test_fit_with_an_unhashable_regularizer_builds_afresh_and_trains_the_same(key):
+    penalty = ArrayPenalty(1e-3)
+    with pytest.raises(TypeError):
+        hash(penalty)
+    first = fit_regression(key, regularizer=penalty)
+    assert leaves_equal(first.params, fit_regression(key, regularizer=penalty).params)
+    plain = fit_regression(key, regularizer=lambda params: penalty(params))
+    assert leaves_equal(first.params, plain.params)

@@ -1,0 +1,92 @@
+"""Evaluation: the loss and metrics of a trained model over a dataset, in batches.
+
+``accuracy`` and ``binary_accuracy`` are metrics with the loss signature
+``metric(outputs, targets) -> scalar``; ``evaluate`` reports the mean of the
+loss and of each metric over the examples, in evaluation mode (dropout off).
+``fit`` uses the same compiled evaluator for its validation data, both
+fetched from purenet's one bounded compile cache, so evaluating again with
+the same model, loss and metrics compiles nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from purenet.compiled import cached
+from purenet.core import Layer
+from purenet.data import check_arrays
+from purenet.precision import Policy, mixed_precision
+from purenet.shapes import require_positive_int
+from purenet.train.base import Loss, Metric
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The fraction of examples whose largest logit is the label (softmax outputs, integer labels)."""
+    return jnp.mean(jnp.argmax(logits, axis=-1) == jnp.reshape(labels, logits.shape[:-1]))
+
+
+def binary_accuracy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """The fraction of examples on the right side of logit 0 (a sigmoid unit, targets in {0, 1})."""
+    return jnp.mean((logits > 0) == (jnp.reshape(targets, logits.shape) > 0.5))
+
+
+def evaluate(
+    model: Layer,
+    params: Any,
+    x: Any,
+    y: Any,
+    *,
+    loss: Loss,
+    metrics: Mapping[str, Metric] | None = None,
+    batch_size: int = 1024,
+    policy: Policy | None = None,
+) -> dict[str, float]:
+    """The loss and each metric over (x, y), in evaluation mode, in batches of ``batch_size``.
+
+    Each figure is the mean over examples (batch means weighted by batch size).
+    Called again with the same model, loss, metric functions and policy, it
+    reuses the compiled evaluator: only batch shapes not seen before compile.
+    """
+    x, y = check_arrays("evaluate", x, y)
+    batch_size = require_positive_int("evaluate", "batch_size", batch_size)
+    compute = _evaluator(model, loss, tuple((metrics or {}).items()), policy)
+    return _evaluate_batches(compute, params, x, y, batch_size)
+
+
+@cached
+def _evaluator(
+    model: Layer, loss: Loss, metrics: tuple[tuple[str, Metric], ...], policy: Policy | None
+) -> Callable:
+    """The jitted ``(params, x, y) -> {"loss": ..., name: ...}`` in evaluation mode, under ``policy``.
+
+    Built in purenet's one bounded compile cache (``purenet.compiled``): a
+    second ``evaluate`` (or ``fit``'s validation) with the same model, loss,
+    metrics and policy reaches the same jitted function and compiles nothing
+    for shapes it has seen.  ``metrics`` comes as a tuple of ``(name, fn)``
+    pairs so that equal mappings share one entry.
+    """
+    if policy is not None:
+        model = mixed_precision(model, policy)
+
+    @jax.jit
+    def compute(params, x, y):
+        outputs = model.apply(params, x, train=False)
+        return {"loss": loss(outputs, y)} | {name: fn(outputs, y) for name, fn in metrics}
+
+    return compute
+
+
+def _evaluate_batches(compute: Callable, params: Any, x, y, batch_size: int) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        for name, value in compute(params, xb, yb).items():
+            totals[name] = totals.get(name, 0.0) + float(value) * len(xb)
+    return {name: total / len(x) for name, total in totals.items()}
+
+
+__all__ = ["accuracy", "binary_accuracy", "evaluate"]

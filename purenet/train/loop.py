@@ -1,0 +1,345 @@
+"""fit: epochs of reshuffled minibatches, K steps fused into one dispatch.
+
+``fit`` runs epochs of reshuffled minibatches through the compiled loop of
+``purenet.train.step``.  Where the data fits on the device it stays there
+and ``steps_per_dispatch`` steps run in one compiled ``lax.scan``.  The
+fused and the step-by-step loop draw the same shuffles and the same per-step
+keys, so they train the same params.
+
+Non-finite losses and gradients: with ``on_nonfinite="stop"`` (default) the
+state freezes at the first non-finite step, and ``fit`` raises
+``NonFiniteLossError`` naming the step and holding the last good params and
+optimizer state.  With ``"skip"`` such a step is skipped and training goes
+on; ``history["skipped"]`` counts them per epoch.
+
+Multi-device: ``fit(..., mesh=mesh)`` trains data-parallel, each minibatch
+sharded over the mesh axis ``data_axis`` and the params and optimizer state
+replicated; XLA inserts the all-reduce of the gradients (GSPMD).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from purenet import checkpoint
+from purenet.core import ConfigError, Layer
+from purenet.data import check_arrays, check_labels
+from purenet.precision import Policy, check_policy
+from purenet.shapes import require_positive_int
+from purenet.train.base import (
+    DEVICE_DATA_BYTES,
+    DEVICE_DATA_FRACTION,
+    FitResult,
+    Loss,
+    Metric,
+    NonFiniteLossError,
+    StepOutput,
+    TrainState,
+)
+from purenet.train.evaluation import _evaluate_batches, _evaluator
+from purenet.train.step import _runner
+
+
+def fit(
+    model: Layer,
+    params: Any,
+    x: Any,
+    y: Any,
+    *,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    regularizer: Callable[[Any], jax.Array] | None = None,
+    validation: tuple[Any, Any] | None = None,
+    metrics: Mapping[str, Metric] | None = None,
+    steps_per_dispatch: int | None = None,
+    policy: Policy | None = None,
+    on_nonfinite: str = "stop",
+    mesh: Mesh | None = None,
+    data_axis: str = "data",
+    checkpoint_path: str | os.PathLike | None = None,
+    progress: bool | None = None,
+) -> FitResult:
+    """Train for ``epochs`` passes over (x, y) in minibatches reshuffled from ``key`` each epoch.
+
+    A trailing partial minibatch is dropped each epoch (it changes with the
+    shuffle), so every step compiles to one shape.
+
+    Args:
+      model, params: the network and its initial params.
+      x, y: the training inputs and targets, first axis the examples.
+      loss, optimizer, regularizer, policy, on_nonfinite: as for ``make_train_step``.
+      epochs: the number of passes over the data to reach, >= 1 (counting
+        those already in a checkpoint being resumed).
+      batch_size: examples per step, >= 1 (capped at the dataset size).
+      key: PRNG key for the shuffles and for stochastic layers (dropout).
+      validation: ``(x_val, y_val)`` evaluated after every epoch.
+      metrics: ``{name: fn(outputs, targets) -> scalar}`` evaluated on the
+        validation data beside the loss, e.g. ``{"accuracy": pn.accuracy}``.
+      steps_per_dispatch: steps fused into one compiled ``lax.scan`` (default:
+        a whole epoch, up to 256 steps); 1 runs one dispatch per step.  Data
+        larger than a quarter of the device's memory (1 GiB where the device
+        does not report it) is fed from the host one step at a time.
+      mesh, data_axis: train data-parallel over ``mesh``'s axis ``data_axis``;
+        ``batch_size`` must be a multiple of that axis' size.
+      checkpoint_path: save params, optimizer state, PRNG key and history
+        there (atomically) after every epoch; if a checkpoint is already
+        there, resume from it.  Resuming gives bit-identical params to an
+        uninterrupted run on the same device.
+      progress: a tqdm progress bar with the loss and examples per second;
+        default: shown when stderr is a terminal and ``CI`` is not set.
+
+    Returns:
+      ``FitResult(params, opt_state, history)``.
+
+    Raises:
+      NonFiniteLossError: with ``on_nonfinite="stop"``: names the step and
+        holds the last good params and optimizer state.
+    """
+    epochs = require_positive_int("fit", "epochs", epochs)
+    plan = _prepare(
+        model, params, x, y, loss=loss, optimizer=optimizer, batch_size=batch_size, regularizer=regularizer,
+        validation=validation, metrics=metrics, steps_per_dispatch=steps_per_dispatch, policy=policy,
+        on_nonfinite=on_nonfinite, mesh=mesh, data_axis=data_axis,
+    )  # fmt: skip
+    state, key, history, start_epoch = _start(plan, params, optimizer, key, checkpoint_path)
+    bar = _progress_bar(progress, total=(epochs - start_epoch) * plan.steps_per_epoch * plan.batch_size)
+    try:
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            state, key, outputs = _run_epoch(plan, state, key, bar)
+            _record_epoch(plan, epoch, state, outputs, history)
+            history["seconds"].append(time.perf_counter() - started)
+            if bar is not None:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{history['loss'][-1]:.4f}")
+            if checkpoint_path is not None:
+                _save_checkpoint(checkpoint_path, state, key, history, epoch + 1, plan.steps_per_epoch)
+    finally:
+        _close(bar)
+    return FitResult(state.params, state.opt_state, history)
+
+
+# --------------------------------------------------------------------------
+# fit's parts: prepare, start, run one epoch, record it
+# --------------------------------------------------------------------------
+
+
+class _Plan(NamedTuple):
+    """What ``fit`` fixes before its first step, from its arguments."""
+
+    x: Any  # the training data, on the device where it fits there
+    y: Any
+    validation: tuple[np.ndarray, np.ndarray] | None
+    batch_size: int  # capped at the dataset size
+    steps_per_epoch: int
+    steps_per_dispatch: int
+    on_nonfinite: str
+    replicated: NamedSharding | None  # the state's sharding on a mesh
+    run: Callable  # the compiled loop: run(state, x, y, indices, keys) -> (state, StepOutput)
+    evaluate_on: Callable  # the compiled evaluator of the validation data
+
+
+def _prepare(
+    model: Layer,
+    params: Any,
+    x: Any,
+    y: Any,
+    *,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    regularizer: Callable[[Any], jax.Array] | None,
+    validation: tuple[Any, Any] | None,
+    metrics: Mapping[str, Metric] | None,
+    steps_per_dispatch: int | None,
+    policy: Policy | None,
+    on_nonfinite: str,
+    mesh: Mesh | None,
+    data_axis: str,
+) -> _Plan:
+    """Check fit's arguments and data, place the data, and fetch the compiled loop and evaluator."""
+    batch_size = require_positive_int("fit", "batch_size", batch_size)
+    x, y = check_arrays("fit", x, y)
+    if x.shape[0] == 0:
+        raise ConfigError("fit", "the training set is empty")
+    classes = _label_classes(model, params, x, y, loss)
+    if classes is not None:
+        check_labels("fit", y, classes)
+    batch_size = min(batch_size, x.shape[0])
+    steps_per_epoch = x.shape[0] // batch_size
+    if steps_per_dispatch is None:
+        steps_per_dispatch = min(steps_per_epoch, 256)
+    steps_per_dispatch = min(
+        require_positive_int("fit", "steps_per_dispatch", steps_per_dispatch), steps_per_epoch
+    )
+    if validation is not None:
+        validation = check_arrays("fit", *validation, num_classes=classes)
+    policy = None if policy is None else check_policy(policy)
+
+    replicated = batch_sharding = None
+    if mesh is not None:
+        replicated, batch_sharding = _mesh_shardings(mesh, data_axis, batch_size)
+    on_device = x.nbytes + y.nbytes <= _device_data_budget()
+    if on_device:
+        x, y = jax.device_put(x, replicated), jax.device_put(y, replicated)
+    run = _runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device)
+    evaluate_on = _evaluator(model, loss, tuple((metrics or {}).items()), policy)
+    return _Plan(
+        x,
+        y,
+        validation,
+        batch_size,
+        steps_per_epoch,
+        steps_per_dispatch,
+        on_nonfinite,
+        replicated,
+        run,
+        evaluate_on,
+    )
+
+
+def _start(
+    plan: _Plan, params: Any, optimizer: optax.GradientTransformation, key: jax.Array, checkpoint_path
+) -> tuple[TrainState, jax.Array, dict[str, list[float]], int]:
+    """The state, key, history and epoch to start from: fresh, or resumed from ``checkpoint_path``."""
+    params = jax.tree_util.tree_map(lambda leaf: jnp.array(leaf, copy=True), params)  # the runner donates it
+    state = TrainState(params, optimizer.init(params), jnp.array(True))
+    history: dict[str, list[float]] = {"loss": [], "skipped": [], "seconds": []}
+    start_epoch = 0
+    if checkpoint_path is not None and checkpoint.exists(checkpoint_path):
+        state, key, history, start_epoch = _resume(checkpoint_path, state, key)
+    if plan.replicated is not None:
+        state = jax.device_put(state, plan.replicated)
+    return state, key, history, start_epoch
+
+
+def _run_epoch(
+    plan: _Plan, state: TrainState, key: jax.Array, bar
+) -> tuple[TrainState, jax.Array, StepOutput]:
+    """One epoch of reshuffled minibatches: the new state and key, and every step's loss and finite flag.
+
+    The steps' outputs come to the host once, at the end: the dispatches queue
+    up behind one another without a host sync.
+    """
+    key, shuffle_key, steps_key = jax.random.split(key, 3)
+    # the epoch's batches and keys come to the host once; slicing them per dispatch is then free
+    order = np.asarray(jax.random.permutation(shuffle_key, plan.x.shape[0]))
+    indices = order[: plan.steps_per_epoch * plan.batch_size].reshape(plan.steps_per_epoch, plan.batch_size)
+    step_keys = jax.random.split(steps_key, plan.steps_per_epoch)
+    if not jnp.issubdtype(step_keys.dtype, jax.dtypes.prng_key):  # typed keys stay on the device
+        step_keys = np.asarray(step_keys)
+    outputs = []
+    for first in range(0, plan.steps_per_epoch, plan.steps_per_dispatch):
+        chunk = slice(first, first + plan.steps_per_dispatch)
+        state, out = plan.run(state, plan.x, plan.y, indices[chunk], step_keys[chunk])
+        outputs.append(out)
+        if bar is not None:
+            bar.update(len(indices[chunk]) * plan.batch_size)
+    fetched = jax.device_get(outputs)
+    losses = np.concatenate([np.asarray(out.loss) for out in fetched])
+    return state, key, StepOutput(losses, np.concatenate([np.asarray(out.finite) for out in fetched]))
+
+
+def _record_epoch(
+    plan: _Plan, epoch: int, state: TrainState, outputs: StepOutput, history: dict[str, list[float]]
+) -> None:
+    """Append an epoch's mean loss, skipped steps and validation figures to ``history``.
+
+    Raises:
+      NonFiniteLossError: with ``on_nonfinite="stop"``, for the epoch's first
+        non-finite step; the state froze there, so it is the last good one.
+    """
+    finite = outputs.finite
+    if plan.on_nonfinite == "stop" and not finite.all():
+        bad_step = epoch * plan.steps_per_epoch + int(np.argmin(finite))
+        raise NonFiniteLossError(bad_step, state.params, state.opt_state, history)
+    losses = outputs.loss[finite]
+    history["loss"].append(float(np.mean(losses)) if losses.size else float("nan"))
+    history["skipped"].append(int((~finite).sum()))
+    if plan.validation is not None:
+        figures = _evaluate_batches(
+            plan.evaluate_on, state.params, *plan.validation, batch_size=max(plan.batch_size, 1024)
+        )
+        for name, value in figures.items():
+            history.setdefault(f"val_{name}", []).append(value)
+
+
+def _label_classes(model: Layer, params: Any, x: np.ndarray, y: np.ndarray, loss: Loss) -> int | None:
+    """For integer labels fed to a loss over class scores: the number of classes the model outputs.
+
+    The loss says so itself: ``loss.class_labels`` is true where integer
+    targets are class indices into the outputs' last axis (softmax cross
+    entropy, multiclass hinge, or a user's loss carrying the attribute).
+    """
+    if not getattr(loss, "class_labels", False) or y.dtype.kind not in "iu":
+        return None
+    return jax.eval_shape(lambda p, xb: model.apply(p, xb), params, x[:1]).shape[-1]  # shapes only
+
+
+def _device_data_budget() -> int:
+    """Bytes of training data fit keeps on the device: a share of its memory where it reports it."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return int(limit * DEVICE_DATA_FRACTION) if limit else DEVICE_DATA_BYTES
+
+
+def _mesh_shardings(mesh: Mesh, axis: str, batch_size: int) -> tuple[NamedSharding, NamedSharding]:
+    if not isinstance(mesh, Mesh):
+        raise ConfigError("fit", f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if axis not in mesh.shape:
+        raise ConfigError(
+            "fit", f"data_axis {axis!r} is not an axis of the mesh, whose axes are {mesh.axis_names}"
+        )
+    if batch_size % mesh.shape[axis]:
+        raise ConfigError(
+            "fit",
+            f"batch_size must be a multiple of the {mesh.shape[axis]} devices on mesh axis {axis!r}, "
+            f"got {batch_size}",
+        )
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(axis))
+
+
+def _save_checkpoint(
+    path, state: TrainState, key: jax.Array, history: dict, epochs: int, steps_per_epoch: int
+) -> None:
+    """Save what ``_resume`` reads back after ``epochs`` epochs: params, optimizer state, key, history."""
+    tree = {"params": state.params, "opt_state": state.opt_state, "key": key}
+    checkpoint.save(path, tree, epoch=epochs, step=epochs * steps_per_epoch, history=history)
+
+
+def _resume(path, state: TrainState, key: jax.Array) -> tuple[TrainState, jax.Array, dict, int]:
+    """Load params, optimizer state, key and history saved by ``fit``; the tree must fit the model's."""
+    template = {"params": state.params, "opt_state": state.opt_state, "key": key}
+    saved, meta = checkpoint.load(path, like=template)
+    restored = TrainState(saved["params"], saved["opt_state"], jnp.array(True))
+    return restored, saved["key"], meta["history"], int(meta["epoch"])
+
+
+def _progress_bar(progress: bool | None, total: int):
+    if progress is None:
+        progress = sys.stderr.isatty() and not os.environ.get("CI")
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="training", unit="example", unit_scale=True)  # the rate: examples/s
+
+
+def _close(bar) -> None:
+    if bar is not None:
+        bar.close()
+
+
+__all__ = ["fit"]
