@@ -51,31 +51,16 @@ from purenet.train.step import _runner
 
 
 def fit(
-    model: Layer,
-    params: Any,
-    x: Any,
-    y: Any,
-    *,
-    loss: Loss,
-    optimizer: optax.GradientTransformation,
-    epochs: int,
-    batch_size: int,
-    key: jax.Array,
-    regularizer: Callable[[Any], jax.Array] | None = None,
-    validation: tuple[Any, Any] | None = None,
-    metrics: Mapping[str, Metric] | None = None,
-    steps_per_dispatch: int | None = None,
-    policy: Policy | None = None,
-    on_nonfinite: str = "stop",
-    mesh: Mesh | None = None,
-    data_axis: str = "data",
-    checkpoint_path: str | os.PathLike | None = None,
+    model: Layer, params: Any, x: Any, y: Any, *, loss: Loss, optimizer: optax.GradientTransformation,
+    epochs: int, batch_size: int, key: jax.Array, regularizer: Callable[[Any], jax.Array] | None = None,
+    validation: tuple[Any, Any] | None = None, metrics: Mapping[str, Metric] | None = None,
+    steps_per_dispatch: int | None = None, policy: Policy | None = None, on_nonfinite: str = "stop",
+    mesh: Mesh | None = None, data_axis: str = "data", checkpoint_path: str | os.PathLike | None = None,
     progress: bool | None = None,
-) -> FitResult:
+) -> FitResult:  # fmt: skip
     """Train for ``epochs`` passes over (x, y) in minibatches reshuffled from ``key`` each epoch.
 
-    A trailing partial minibatch is dropped each epoch (it changes with the
-    shuffle), so every step compiles to one shape.
+    A trailing partial minibatch is dropped each epoch, so every step has one shape.
 
     Args:
       model, params: the network and its initial params.
@@ -89,9 +74,8 @@ def fit(
       metrics: ``{name: fn(outputs, targets) -> scalar}`` evaluated on the
         validation data beside the loss, e.g. ``{"accuracy": pn.accuracy}``.
       steps_per_dispatch: steps fused into one compiled ``lax.scan`` (default:
-        a whole epoch, up to 256 steps); 1 runs one dispatch per step.  Data
-        larger than a quarter of the device's memory (1 GiB where the device
-        does not report it) is fed from the host one step at a time.
+        a whole epoch, up to 256); 1 runs one dispatch per step.  Data over a
+        quarter of device memory (1 GiB if unreported) is fed from the host.
       mesh, data_axis: train data-parallel over ``mesh``'s axis ``data_axis``;
         ``batch_size`` must be a multiple of that axis' size.
       checkpoint_path: save params, optimizer state, PRNG key and history
@@ -122,10 +106,7 @@ def fit(
             state, key, outputs = _run_epoch(plan, state, key, bar)
             _record_epoch(plan, epoch, state, outputs, history)
             history["seconds"].append(time.perf_counter() - started)
-            if bar is not None:
-                bar.set_postfix(epoch=epoch + 1, loss=f"{history['loss'][-1]:.4f}")
-            if checkpoint_path is not None:
-                _save_checkpoint(checkpoint_path, state, key, history, epoch + 1, plan.steps_per_epoch)
+            _report_epoch(plan, epoch, state, key, history, bar, checkpoint_path)
     finally:
         _close(bar)
     return FitResult(state.params, state.opt_state, history)
@@ -250,6 +231,14 @@ def _run_epoch(
     fetched = jax.device_get(outputs)
     losses = np.concatenate([np.asarray(out.loss) for out in fetched])
     return state, key, StepOutput(losses, np.concatenate([np.asarray(out.finite) for out in fetched]))
+
+
+def _report_epoch(plan: _Plan, epoch: int, state: TrainState, key, history, bar, checkpoint_path) -> None:
+    """Show the finished epoch on the progress bar and save its checkpoint, if asked for."""
+    if bar is not None:
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history['loss'][-1]:.4f}")
+    if checkpoint_path is not None:
+        _save_checkpoint(checkpoint_path, state, key, history, epoch + 1, plan.steps_per_epoch)
 
 
 def _record_epoch(
