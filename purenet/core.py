@@ -88,20 +88,23 @@ class PurenetError(Exception):
 
     ``path`` is the position in the params tree (and so in the model), built
     outward as the error passes up through combinators: ``params[1]['block']``.
+    ``root`` names the tree the path runs in (``params``, or ``v``, or
+    ``g_params returned by the reference``).
     """
 
-    def __init__(self, layer: str, message: str, leaf: str = ""):
+    def __init__(self, layer: str, message: str, leaf: str = "", root: str = "params"):
         super().__init__(message)
         self.layer = layer
         self.message = message
         self.leaf = leaf
+        self.root = root
         self.path: list[str] = []
 
     def __str__(self) -> str:
         where = "".join(self.path) + self.leaf
         if not where:
             return f"{self.layer}: {self.message}"
-        return f"{self.layer} at params{where}: {self.message}"
+        return f"{self.layer} at {self.root}{where}: {self.message}"
 
 
 class ShapeError(PurenetError, ValueError):
@@ -132,6 +135,150 @@ def located(step: str) -> Iterator[None]:
     except PurenetError as error:
         error.path.insert(0, step)
         raise
+
+
+# --------------------------------------------------------------------------
+# The one tree check
+# --------------------------------------------------------------------------
+
+
+def dtype_kind(dtype: Any) -> str:
+    """``"floating"``, ``"complex"``, ``"integer"``, ``"bool"`` or ``"other"`` (bfloat16 is floating)."""
+    for kind, base in (("floating", jnp.floating), ("complex", jnp.complexfloating)):
+        if jnp.issubdtype(dtype, base):
+            return kind
+    if jnp.issubdtype(dtype, jnp.integer):
+        return "integer"
+    return "bool" if jnp.issubdtype(dtype, jnp.bool_) else "other"
+
+
+def _is_container(node: Any) -> bool:
+    return node is None or isinstance(node, (Mapping, list, tuple))
+
+
+def describe_tree(tree: Any) -> str:
+    """A short description of a tree node for error messages."""
+    if tree is None:
+        return "None"
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return f"a {type(tree).__name__}"
+    if isinstance(tree, (tuple, list)):
+        return f"a {type(tree).__name__} of {len(tree)} entries"
+    if isinstance(tree, Mapping):
+        return f"a dict with keys {sorted(map(str, tree))}"
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        return f"an array of shape {tuple(tree.shape)} ({tree.dtype})"
+    return f"a {type(tree).__name__}"
+
+
+class _Mismatch(Exception):  # noqa: N818 - internal signal, caught in check_like
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def _compare_leaf(leaf: Any, spec: Any, path: str, leading: tuple, context: str, dtypes: bool) -> None:
+    if _is_container(leaf):
+        raise _Mismatch(path, f"expected an array, got {describe_tree(leaf)}")
+    try:
+        got_shape, got_dtype = tuple(np.shape(leaf)), jnp.result_type(leaf)
+    except (TypeError, ValueError):
+        raise _Mismatch(path, f"expected an array, got {describe_tree(leaf)}") from None
+    want_shape = (*leading, *tuple(spec.shape))
+    if got_shape != want_shape:
+        raise _Mismatch(path, f"expected shape {want_shape}{context}, got {got_shape}")
+    if dtypes:
+        want_kind, got_kind = dtype_kind(spec.dtype), dtype_kind(got_dtype)
+        if want_kind != got_kind:
+            raise _Mismatch(path, f"expected a {want_kind} dtype like {spec.dtype}, got {got_dtype}")
+
+
+def _compare(tree: Any, spec: Any, path: str, leading: tuple, context: str, dtypes: bool) -> None:
+    """Walk ``spec`` and ``tree`` together; raise ``_Mismatch`` at the first difference."""
+    if isinstance(spec, Mapping):
+        if not isinstance(tree, Mapping):
+            keys = sorted(map(str, spec))
+            raise _Mismatch(path, f"expected a dict with keys {keys}, got {describe_tree(tree)}")
+        if set(tree) != set(spec):
+            raise _Mismatch(path, f"expected keys {sorted(map(str, spec))}, got {sorted(map(str, tree))}")
+        for key in sorted(spec, key=str):
+            _compare(tree[key], spec[key], f"{path}[{key!r}]", leading, context, dtypes)
+    elif isinstance(spec, (tuple, list)) and not hasattr(spec, "_fields"):
+        if type(tree) is not type(spec) or len(tree) != len(spec):
+            raise _Mismatch(path, f"expected {describe_tree(spec)}, got {describe_tree(tree)}")
+        for index, (t, s) in enumerate(zip(tree, spec)):
+            _compare(t, s, f"{path}[{index}]", leading, context, dtypes)
+    elif spec is None:
+        if tree is not None:
+            raise _Mismatch(path, f"expected None, got {describe_tree(tree)}")
+    elif hasattr(spec, "shape") and hasattr(spec, "dtype") and not _is_container(spec):
+        _compare_leaf(tree, spec, path, leading, context, dtypes)
+    else:  # any other registered pytree node (a NamedTuple, an optax state): same treedef, then leaves
+        tree_leaves, tree_def = jax.tree_util.tree_flatten_with_path(tree)
+        spec_leaves, spec_def = jax.tree_util.tree_flatten_with_path(spec)
+        if tree_def != spec_def:
+            raise _Mismatch(path, f"expected the structure {spec_def}, got {tree_def}")
+        for (key, t), (_, s) in zip(tree_leaves, spec_leaves):
+            _compare(t, s, path + jax.tree_util.keystr(key), leading, context, dtypes)
+
+
+def check_like(
+    tree: Any,
+    template: Any,
+    *,
+    layer: str,
+    what: str = "params",
+    leading: int | bool | None = None,
+    context: str = "",
+    dtypes: bool = True,
+    error: type[PurenetError] = ParamsError,
+) -> int | None:
+    """Check that ``tree`` has ``template``'s structure, leaf shapes and dtype kinds.
+
+    The one tree check of the library.  Structure means the same containers
+    (dict keys, tuple or list lengths) all the way down; every leaf must have
+    the template leaf's shape (after a leading axis, with ``leading``) and the
+    same dtype kind (floating, complex, integer, bool), any precision.
+
+    Args:
+      tree: the tree to check (params, a gradient, a vector, a checkpoint).
+      template: arrays or ``jax.ShapeDtypeStruct`` leaves, e.g. from
+        ``jax.eval_shape(layer.init, ...)``.
+      layer: who checks, for the message (``"Dense(3)"``, ``"hvp"``).
+      what: the tree's name, the root of the path in the message.
+      leading: ``None``; an int n: every leaf carries a leading axis of n
+        (stacked params, a batch of vectors); ``True``: a leading axis of one
+        common length, which is returned.
+      context: appended to the expected shape, e.g. ``" for an input of width 4"``.
+      dtypes: also compare dtype kinds.
+      error: the ``PurenetError`` subclass raised.
+
+    Returns:
+      The leading axis length when ``leading`` is given, else ``None``.
+
+    Raises:
+      ``error`` naming the first mismatching path, what was expected and what came.
+    """
+    count = _leading_count(tree, layer, what, error) if leading is True else leading
+    prefix = () if count is None or count is False else (int(count),)
+    try:
+        _compare(tree, template, "", prefix, context, dtypes)
+    except _Mismatch as mismatch:
+        raise error(layer, mismatch.message, leaf=mismatch.path, root=what) from None
+    return None if count is None or count is False else int(count)
+
+
+def _leading_count(tree: Any, layer: str, what: str, error: type[PurenetError]) -> int:
+    """The common length of the leading axis of every leaf of ``tree``."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if np.ndim(leaf) == 0:
+            where = jax.tree_util.keystr(path)
+            raise error(layer, "expected a leading axis on every leaf, got a scalar", where, what)
+    counts = {np.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(tree)}
+    if len(counts) != 1:
+        raise error(layer, f"every leaf of {what} needs the same leading axis, got lengths {sorted(counts)}")
+    return counts.pop()
 
 
 # --------------------------------------------------------------------------
@@ -234,17 +381,6 @@ def check_sequence_params(layer: str, params: Params, count: int) -> Sequence:
             f"expected a tuple of {count} entries (one per child layer), got {describe_tree(params)}",
         )
     return params
-
-
-def describe_tree(tree: Params) -> str:
-    """A short description of a params tree for error messages."""
-    if isinstance(tree, (tuple, list)):
-        return f"a {type(tree).__name__} of {len(tree)} entries"
-    if isinstance(tree, Mapping):
-        return f"a dict with keys {sorted(map(str, tree))}"
-    if hasattr(tree, "shape"):
-        return f"an array of shape {tuple(tree.shape)}"
-    return repr(tree)
 
 
 # --------------------------------------------------------------------------
