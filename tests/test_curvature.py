@@ -234,7 +234,7 @@ def test_slq_is_the_gauss_quadrature_of_each_probe():
     op = cv.hessian_operator(f, params)
     steps = 12
     starts = jax.random.normal(jax.random.PRNGKey(3), (3, op.dim))
-    nodes, weights, finite = cv._quadrature(op, starts, jax.random.PRNGKey(4), steps=steps)
+    nodes, weights, finite = cv.density._quadrature(op, starts, jax.random.PRNGKey(4), steps=steps)
     assert bool(jnp.all(finite))
     for start, node, weight in zip(np.asarray(starts), np.asarray(nodes), np.asarray(weights)):
         q = start / np.linalg.norm(start)

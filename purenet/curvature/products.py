@@ -1,0 +1,147 @@
+"""Hessian- and Gauss-Newton-vector products on parameter pytrees, and the dense Hessian.
+
+Products (Pearlmutter 1994, "Fast exact multiplication by the Hessian";
+Schraudolph 2002, "Fast curvature matrix-vector products for second-order
+gradient descent"):
+
+    H v = d/de grad f(theta + e v) |_{e=0}    forward over reverse: jax.jvp of jax.grad
+        = grad_theta <grad f(theta), v>       reverse over reverse: jax.grad of a dot product
+    G v = J^T H_L J v                         generalized Gauss-Newton: a jvp, the loss Hessian, a vjp
+
+where J = d outputs / d theta and H_L is the Hessian of the loss in the
+network's outputs; G is positive semi-definite whenever the loss is convex in
+the outputs (Martens 2020, "New insights and perspectives on the natural
+gradient method", section 8).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from purenet.core import ConfigError
+from purenet.curvature.base import (
+    METHODS,
+    Params,
+    check_like_params,
+    check_method,
+    flatten_params,
+    leading_count,
+    require_finite,
+    tree_vdot,
+)
+
+
+def hessian_product(f: Callable, params: Params, v: Params, method: str) -> Params:
+    """H v of ``f`` at ``params`` by ``method`` (one of ``METHODS``), unchecked and traceable."""
+    if method == "forward_over_reverse":
+        return jax.jvp(jax.grad(f), (params,), (v,))[1]
+    return jax.grad(lambda p: tree_vdot(jax.grad(f)(p), v))(params)
+
+
+def ggn_product(outputs_fn: Callable, loss_fn: Callable, params: Params, v: Params) -> Params:
+    """G v = J^T H_L J v, unchecked and traceable."""
+    # One forward pass: linearize gives J v, and the transpose of that linear map gives J^T u.
+    outputs, jvp_fn = jax.linearize(outputs_fn, params)
+    loss_hessian_jv = jax.jvp(jax.grad(loss_fn), (outputs,), (jvp_fn(v),))[1]
+    return jax.linear_transpose(jvp_fn, params)(loss_hessian_jv)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _jit_hvp(f, params, v, method):
+    return hessian_product(f, params, v, method)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _jit_batched_hvp(f, params, vs, method):
+    return jax.vmap(lambda v: hessian_product(f, params, v, method))(vs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jit_ggn_vp(outputs_fn, loss_fn, params, v):
+    return ggn_product(outputs_fn, loss_fn, params, v)
+
+
+def hvp(f: Callable[[Params], jax.Array], params: Params, v: Params, *, method: str = METHODS[0]) -> Params:
+    """The Hessian-vector product H v of a scalar function at ``params`` (Pearlmutter 1994).
+
+    Args:
+      f: ``f(params) -> scalar``, e.g. a loss over one batch.
+      params: the point, a pytree.
+      v: the direction, a pytree of the params' structure and shapes.
+      method: ``"forward_over_reverse"`` (``jax.jvp`` of ``jax.grad``: one
+        forward-mode pass over the gradient, the cheaper one) or
+        ``"reverse_over_reverse"`` (``jax.grad`` of ``<grad f, v>``).
+
+    Returns:
+      H v, in the params' structure.  Jit-compiled once per ``f``.
+    """
+    check_like_params("hvp", "v", params, v)
+    product = _jit_hvp(f, params, v, check_method("hvp", method))
+    require_finite("hvp", "v", v)  # after the dispatch, so that its one sync overlaps the product
+    return product
+
+
+def batched_hvp(
+    f: Callable[[Params], jax.Array], params: Params, vs: Params, *, method: str = METHODS[0]
+) -> Params:
+    """Many Hessian-vector products in one call, vectorized with ``jax.vmap``.
+
+    Args:
+      f, params, method: as for ``hvp``.
+      vs: the directions stacked: each leaf of shape ``(count, *leaf_shape)``.
+
+    Returns:
+      The products stacked the same way: ``H v_i`` is ``tree_map(lambda a: a[i], result)``.
+    """
+    check_like_params("batched_hvp", "vs", params, vs, leading_count("batched_hvp", "vs", vs))
+    product = _jit_batched_hvp(f, params, vs, check_method("batched_hvp", method))
+    require_finite("batched_hvp", "vs", vs)  # after the dispatch, so that its one sync overlaps the product
+    return product
+
+
+def ggn_vp(
+    outputs_fn: Callable[[Params], Any], loss_fn: Callable[[Any], jax.Array], params: Params, v: Params
+) -> Params:
+    """The generalized Gauss-Newton product G v = J^T H_L J v (Schraudolph 2002).
+
+    Args:
+      outputs_fn: ``outputs_fn(params) -> outputs``, the network on a batch.
+      loss_fn: ``loss_fn(outputs) -> scalar``, the loss of those outputs.
+      params, v: the point and the direction, as for ``hvp``.
+
+    Returns:
+      G v in the params' structure.  G is positive semi-definite when
+      ``loss_fn`` is convex (squared error, cross-entropy), and equals the
+      Hessian of ``loss_fn(outputs_fn(params))`` when ``outputs_fn`` is linear
+      in the params.
+    """
+    check_like_params("ggn_vp", "v", params, v)
+    product = _jit_ggn_vp(outputs_fn, loss_fn, params, v)
+    require_finite("ggn_vp", "v", v)  # after the dispatch, so that its one sync overlaps the product
+    return product
+
+
+def hessian(f: Callable[[Params], jax.Array], params: Params, *, max_dim: int = 4096) -> jax.Array:
+    """The full Hessian of ``f`` at ``params`` as a (P, P) matrix, by ``jax.hessian``.
+
+    Rows and columns follow ``flatten_params`` order.  For small models only:
+    it costs P Hessian-vector products and P^2 numbers of memory.
+
+    Args:
+      f: ``f(params) -> scalar``.
+      params: the point.
+      max_dim: refuse a Hessian with more than this many rows (raise it knowingly).
+    """
+    flat, unflatten = flatten_params(params)
+    if flat.size > max_dim:
+        raise ConfigError(
+            "hessian",
+            f"the params hold {flat.size} numbers, so the Hessian would be {flat.size} x {flat.size}; "
+            f"max_dim is {max_dim}. Use a CurvatureOperator with lanczos or spectral_density instead, "
+            "or raise max_dim",
+        )
+    return jax.jit(jax.hessian(lambda w: f(unflatten(w))))(flat)
