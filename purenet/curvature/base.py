@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from purenet.core import ConfigError, ParamsError, PurenetError, require_positive_int
+from purenet.core import ConfigError, ParamsError, PurenetError, check_like, require_positive_int
 from purenet.trees import first_nonfinite_leaf
 
 Params = Any
@@ -53,48 +53,94 @@ def _is_concrete(tree: Any) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def require_finite(where: str, what: str, tree: Any) -> None:
-    """Raise naming the first leaf of ``tree`` holding a NaN or inf (skipped under a trace)."""
+def require_finite(where: str, what: str, tree: Any, message: str | None = None) -> None:
+    """Raise naming the first leaf of ``tree`` (named ``what``) holding NaN or inf; skipped under a trace."""
     if not _is_concrete(tree):
         return
     path = first_nonfinite_leaf(tree)
     if path is not None:
-        raise NonFiniteCurvatureError(where, f"{what} must be finite, but this leaf holds NaN or inf", path)
+        message = message or f"{what} must be finite, but this leaf holds NaN or inf"
+        raise NonFiniteCurvatureError(where, message, path, root=what)
 
 
-def check_like_params(where: str, what: str, params: Params, v: Any, batch: int | None = None) -> None:
-    """Check that ``v`` has the params' tree structure and leaf shapes (after a leading ``batch`` axis)."""
-    expected = jax.tree_util.tree_structure(params)
-    got = jax.tree_util.tree_structure(v)
-    if expected != got:
-        raise ParamsError(where, f"{what} must have the params' tree structure {expected}, got {got}")
-    for (path, p), leaf in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(v)):
-        want = tuple(np.shape(p)) if batch is None else (batch, *np.shape(p))
-        if tuple(np.shape(leaf)) != want:
-            raise ParamsError(
-                where,
-                f"{what} must have shape {want} here, like the params"
-                + ("" if batch is None else " with a leading axis of vectors")
-                + f", got {tuple(np.shape(leaf))}",
-                jax.tree_util.keystr(path),
-            )
+def _template(tree: Any, drop: int = 0) -> Any:
+    """``tree``'s shapes (less ``drop`` leading axes) and dtypes.
+
+    ``check_like`` then sees array-like template leaves even where ``tree``
+    holds Python scalars (which its walk would otherwise recurse into).
+    """
+    return jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a)[drop:], jnp.result_type(a)), tree
+    )
 
 
-def leading_count(where: str, what: str, tree: Any) -> int:
-    """The common length of the leading axis of every leaf of ``tree``."""
-    counts = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree_util.tree_leaves(tree)}
-    if len(counts) != 1 or None in counts:
-        raise ParamsError(where, f"every leaf of {what} needs the same leading axis, got lengths {counts}")
-    return counts.pop()
+def _check_tree(where: str, what: str, tree: Any, template: Any, leading: bool | None) -> int | None:
+    try:
+        return check_like(tree, template, layer=where, what=what, leading=leading)
+    except ParamsError as error:
+        if error.leaf or error.path:
+            raise
+        # check_like names the tree only on a path below its root; a mismatch at the root names the tree.
+        raise ParamsError(where, error.message, leaf=what, root="") from None
+
+
+def check_vector(where: str, what: str, tree: Any, params: Params, *, stacked: bool = False) -> int | None:
+    """Check a curvature vector against the params by the one tree check, ``purenet.core.check_like``.
+
+    The same containers all the way down, then every leaf's shape and dtype
+    kind (a floating vector for floating params); the error names the first
+    mismatching path in ``what``, what was expected there and what came.
+
+    Args:
+      where: the function checking, for the message (``"hvp"``, ``"hessian operator"``).
+      what: the vector's name, the root of the path in the message (``"v"``, ``"vs"``, ``"b"``).
+      tree: the vector.
+      params: the params it must be shaped like.
+      stacked: ``tree`` holds vectors stacked on a leading axis of every leaf.
+
+    Returns:
+      How many vectors are stacked when ``stacked``, else ``None``.
+    """
+    template = _template(params)
+    if not stacked:
+        return _check_tree(where, what, tree, template, None)
+    try:
+        return _check_tree(where, what, tree, template, True)
+    except ParamsError:
+        if not _is_like(tree, template):
+            raise
+    # One vector where a stack was due: its leading axes are the params' own, which reads as a mismatch
+    # of lengths; say what it is instead, at its first leaf.
+    path, leaf = jax.tree_util.tree_flatten_with_path(tree)[0][0]
+    shape = tuple(np.shape(leaf))
+    expected = "(" + ", ".join(["n", *map(str, shape)]) + ("," if not shape else "") + ")"
+    raise ParamsError(
+        where,
+        f"expected shape {expected}, n vectors stacked on a leading axis, got {shape}: "
+        "a single vector shaped like the params",
+        jax.tree_util.keystr(path),
+        what,
+    )
+
+
+def _is_like(tree: Any, template: Any) -> bool:
+    try:
+        check_like(tree, template, layer="")
+    except ParamsError:
+        return False
+    return True
 
 
 def check_data(where: str, data: Any, batch_size: int | None) -> int | None:
-    """Check an operator's dataset and return the batch size (default: all examples)."""
+    """Check an operator's dataset, whose leaves share a leading axis over examples; return the batch size.
+
+    The batch size defaults to all the examples.
+    """
     if data is None:
         if batch_size is not None:
             raise ConfigError(where, "batch_size is only meaningful together with data")
         return None
-    n = leading_count(where, "data", data)
+    n = _check_tree(where, "data", data, _template(data, drop=1), leading=True)
     if n == 0:
         raise ConfigError(where, "data holds no examples")
     return n if batch_size is None else require_positive_int(where, "batch_size", batch_size)

@@ -26,7 +26,7 @@ from purenet.core import ConfigError, require_positive_int
 from purenet.curvature.base import (
     NonFiniteCurvatureError,
     Params,
-    check_like_params,
+    check_vector,
     flatten_params,
     require_finite,
 )
@@ -183,7 +183,7 @@ def _start_vector(where: str, op: CurvatureOperator, v0: Params | None, key: jax
     flat, _ = flatten_params(op.params)
     if v0 is None:
         return jax.random.normal(key, flat.shape, flat.dtype)
-    check_like_params(where, "v0", op.params, v0)
+    check_vector(where, "v0", v0, op.params)
     require_finite(where, "v0", v0)
     start = flatten_params(v0)[0].astype(flat.dtype)
     if not bool(jnp.any(start != 0)):

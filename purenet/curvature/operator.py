@@ -25,10 +25,9 @@ from purenet.curvature.base import (
     METHODS,
     Params,
     check_data,
-    check_like_params,
     check_method,
+    check_vector,
     flatten_params,
-    leading_count,
     require_finite,
     tree_axpy,
 )
@@ -118,13 +117,12 @@ class CurvatureOperator:
 
     def matvec(self, v: Params) -> Params:
         """A v for a pytree ``v`` of the params' structure."""
-        check_like_params(f"{self.kind} operator", "v", self.params, v)
+        check_vector(f"{self.kind} operator", "v", v, self.params)
         return _jit_matvec(self, v)
 
     def matmat(self, vs: Params) -> Params:
         """A v_i for directions stacked on a leading axis of every leaf, vectorized with ``jax.vmap``."""
-        count = leading_count(f"{self.kind} operator", "vs", vs)
-        check_like_params(f"{self.kind} operator", "vs", self.params, vs, count)
+        check_vector(f"{self.kind} operator", "vs", vs, self.params, stacked=True)
         return _jit_matmat(self, vs)
 
     def to_dense(self, max_dim: int = 4096) -> jax.Array:

@@ -26,10 +26,9 @@ from purenet.core import ConfigError
 from purenet.curvature.base import (
     METHODS,
     Params,
-    check_like_params,
     check_method,
+    check_vector,
     flatten_params,
-    leading_count,
     require_finite,
     tree_vdot,
 )
@@ -79,7 +78,7 @@ def hvp(f: Callable[[Params], jax.Array], params: Params, v: Params, *, method: 
     Returns:
       H v, in the params' structure.  Jit-compiled once per ``f``.
     """
-    check_like_params("hvp", "v", params, v)
+    check_vector("hvp", "v", v, params)
     product = _jit_hvp(f, params, v, check_method("hvp", method))
     require_finite("hvp", "v", v)  # after the dispatch, so that its one sync overlaps the product
     return product
@@ -97,7 +96,7 @@ def batched_hvp(
     Returns:
       The products stacked the same way: ``H v_i`` is ``tree_map(lambda a: a[i], result)``.
     """
-    check_like_params("batched_hvp", "vs", params, vs, leading_count("batched_hvp", "vs", vs))
+    check_vector("batched_hvp", "vs", vs, params, stacked=True)
     product = _jit_batched_hvp(f, params, vs, check_method("batched_hvp", method))
     require_finite("batched_hvp", "vs", vs)  # after the dispatch, so that its one sync overlaps the product
     return product
@@ -119,7 +118,7 @@ def ggn_vp(
       Hessian of ``loss_fn(outputs_fn(params))`` when ``outputs_fn`` is linear
       in the params.
     """
-    check_like_params("ggn_vp", "v", params, v)
+    check_vector("ggn_vp", "v", v, params)
     product = _jit_ggn_vp(outputs_fn, loss_fn, params, v)
     require_finite("ggn_vp", "v", v)  # after the dispatch, so that its one sync overlaps the product
     return product

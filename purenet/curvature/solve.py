@@ -21,7 +21,7 @@ from purenet.core import ConfigError, Layer, require_positive_int
 from purenet.curvature.base import (
     METHODS,
     Params,
-    check_like_params,
+    check_vector,
     require_finite,
     tree_axpy,
     tree_vdot,
@@ -87,16 +87,16 @@ def cg_solve(
       maxiter: the most CG iterations (default 10 P, jax's own).
       x0: a warm start (Martens 2010 section 4.5 starts from the last step).
     """
-    check_like_params("cg_solve", "b", op.params, b)
+    check_vector("cg_solve", "b", b, op.params)
     require_finite("cg_solve", "b", b)
     if x0 is not None:
-        check_like_params("cg_solve", "x0", op.params, x0)
+        check_vector("cg_solve", "x0", x0, op.params)
     if not damping >= 0:
         raise ConfigError("cg_solve", f"damping must be >= 0, got {damping!r}")
     if maxiter is not None:
         maxiter = require_positive_int("cg_solve", "maxiter", maxiter)
     result = _jit_cg(op, b, x0, damping, tol, maxiter)
-    require_finite("cg_solve", "the solution", result.x)
+    require_finite("cg_solve", "x", result.x, "the solution x is not finite (NaN or inf) here")
     return result
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from purenet.core import ConfigError, require_positive_int
-from purenet.curvature.base import flatten_params, require_finite
+from purenet.curvature.base import NonFiniteCurvatureError, flatten_params
 from purenet.curvature.operator import CurvatureOperator
 
 
@@ -43,6 +43,11 @@ def _standard_error(forms: jax.Array) -> float:
     return float(jnp.std(forms, ddof=1)) / math.sqrt(count) if count > 1 else math.inf
 
 
+def _require_finite_products(where: str, op: CurvatureOperator, *values: jax.Array) -> None:
+    if not all(bool(jnp.all(jnp.isfinite(value))) for value in values):
+        raise NonFiniteCurvatureError(where, f"a {op.kind}-vector product was not finite")
+
+
 @jax.jit
 def _quadratic_forms(op, probes):
     matvec = op.flat_matvec()
@@ -61,7 +66,7 @@ def hutchinson_trace(
     flat, _ = flatten_params(op.params)
     key = jax.random.PRNGKey(0) if key is None else key
     forms = _quadratic_forms(op, jax.random.rademacher(key, (num_probes, flat.size), dtype=flat.dtype))
-    require_finite("hutchinson_trace", f"every {op.kind}-vector product", forms)
+    _require_finite_products("hutchinson_trace", op, forms)
     return TraceEstimate(float(jnp.mean(forms)), _standard_error(forms), num_probes)
 
 
@@ -97,5 +102,5 @@ def hutchpp_trace(
     sketch = jax.random.rademacher(sketch_key, (flat.size, sketch_size), dtype=flat.dtype)
     probes = jax.random.rademacher(probe_key, (flat.size, probe_count), dtype=flat.dtype)
     top, forms = _hutchpp(op, sketch, probes)
-    require_finite("hutchpp_trace", f"every {op.kind}-vector product", (top, forms))
+    _require_finite_products("hutchpp_trace", op, top, forms)
     return TraceEstimate(float(top + jnp.mean(forms)), _standard_error(forms), num_matvecs)
