@@ -10,7 +10,6 @@ optimization via Hessian eigenvalue density") do for network Hessians.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -21,7 +20,7 @@ import numpy as np
 from purenet.core import require_positive_int
 from purenet.curvature.base import NonFiniteCurvatureError, flatten_params
 from purenet.curvature.eigen import initial_state, krylov_sizes, lanczos_step, tridiagonal
-from purenet.curvature.operator import CurvatureOperator
+from purenet.curvature.operator import CurvatureOperator, compiled
 
 
 class SpectralDensity(NamedTuple):
@@ -59,9 +58,12 @@ class SpectralDensity(NamedTuple):
         return kernel @ weights
 
 
-@functools.partial(jax.jit, static_argnames=("steps",))
-def _quadrature(op, starts, key, *, steps):
+def _quadrature(op: CurvatureOperator, starts: jax.Array, key: jax.Array, *, steps: int):
     """Each probe's Gauss quadrature: (nodes, weights, finite), stacked over the rows of ``starts``."""
+    return compiled(op, _quadrature_loop, "steps")(op, starts, key, steps=steps)
+
+
+def _quadrature_loop(op, starts, key, *, steps):
     matvec = op.flat_matvec()
 
     def one_probe(start, probe_key):

@@ -30,7 +30,7 @@ from purenet.curvature.base import (
     flatten_params,
     require_finite,
 )
-from purenet.curvature.operator import CurvatureOperator
+from purenet.curvature.operator import CurvatureOperator, compiled
 
 # --------------------------------------------------------------------------
 # The recurrence
@@ -191,8 +191,7 @@ def _start_vector(where: str, op: CurvatureOperator, v0: Params | None, key: jax
     return start
 
 
-@functools.partial(jax.jit, static_argnames=("k", "largest"))
-def _lanczos_run(op, state, key, tol, *, k, largest):
+def _lanczos_loop(op, state, key, tol, *, k, largest):
     """Continue Lanczos until converged, non-finite, or out of room in ``state``."""
     matvec = op.flat_matvec()
     capacity = state.alphas.shape[0]
@@ -222,8 +221,9 @@ def _run_growing(op, state, key, tol, *, k, largest, max_iterations):
     Each capacity compiles once (and is cached), so there are at most
     log2(max_iterations) compilations per loss function.
     """
+    run = compiled(op, _lanczos_loop, "k", "largest")
     while True:
-        state = _lanczos_run(op, state, key, tol, k=k, largest=largest)
+        state = run(op, state, key, tol, k=k, largest=largest)
         capacity = state.alphas.shape[0]
         if bool(state.converged) or not bool(state.finite) or capacity >= max_iterations:
             return state

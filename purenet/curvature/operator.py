@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from purenet.compiled import cached
 from purenet.core import ConfigError, Layer
 from purenet.curvature.base import (
     METHODS,
@@ -118,12 +119,12 @@ class CurvatureOperator:
     def matvec(self, v: Params) -> Params:
         """A v for a pytree ``v`` of the params' structure."""
         check_vector(f"{self.kind} operator", "v", v, self.params)
-        return _jit_matvec(self, v)
+        return compiled(self, _matvec)(self, v)
 
     def matmat(self, vs: Params) -> Params:
         """A v_i for directions stacked on a leading axis of every leaf, vectorized with ``jax.vmap``."""
         check_vector(f"{self.kind} operator", "vs", vs, self.params, stacked=True)
-        return _jit_matmat(self, vs)
+        return compiled(self, _matmat)(self, vs)
 
     def to_dense(self, max_dim: int = 4096) -> jax.Array:
         """The operator as a (P, P) matrix in ``flatten_params`` order, one product per column."""
@@ -131,7 +132,7 @@ class CurvatureOperator:
             raise ConfigError(
                 f"{self.kind} operator", f"{self.dim} params exceed max_dim={max_dim} for a dense matrix"
             )
-        return _jit_dense(self)
+        return compiled(self, _dense)(self)
 
     def flat_matvec(self) -> Callable[[jax.Array], jax.Array]:
         """The product on flattened vectors (``flatten_params`` order), for Krylov loops."""
@@ -139,18 +140,34 @@ class CurvatureOperator:
         return lambda w: ravel_pytree(self.unchecked_matvec(unflatten(w)))[0]
 
 
-@jax.jit
-def _jit_matvec(op: CurvatureOperator, v: Params) -> Params:
+@cached
+def _compiled(body: Callable, static: tuple, static_argnames: tuple[str, ...]) -> Callable:
+    del static  # only the cache key: one jit-compiled body per (kind, loss functions, batch size, method)
+    return jax.jit(body, static_argnames=static_argnames)
+
+
+def compiled(op: CurvatureOperator, body: Callable, *static_argnames: str) -> Callable:
+    """``jax.jit(body)`` for operators with ``op``'s loss functions, kind, batch size and method.
+
+    ``body(op, ...)`` takes the operator as its first argument.  The jitted
+    function is built once per (body, static part of ``op``) in purenet's one
+    bounded cache (``purenet.compiled``), so a method over a new operator of
+    the same loss function (new params, new data of the same shapes)
+    compiles nothing, and an evicted entry takes its compiled code with it,
+    where one module-level jit would keep every loss function it ever saw.
+    """
+    return _compiled(body, op.tree_flatten()[1], static_argnames)
+
+
+def _matvec(op: CurvatureOperator, v: Params) -> Params:
     return op.unchecked_matvec(v)
 
 
-@jax.jit
-def _jit_matmat(op: CurvatureOperator, vs: Params) -> Params:
+def _matmat(op: CurvatureOperator, vs: Params) -> Params:
     return jax.vmap(op.unchecked_matvec)(vs)
 
 
-@jax.jit
-def _jit_dense(op: CurvatureOperator) -> jax.Array:
+def _dense(op: CurvatureOperator) -> jax.Array:
     flat, _ = flatten_params(op.params)
     # Column j is A e_j; A is symmetric, so rows and columns agree.
     return jax.vmap(op.flat_matvec())(jnp.eye(flat.size, dtype=flat.dtype)).T
@@ -244,20 +261,19 @@ class ModelFunctions(NamedTuple):
     loss: Callable
 
 
-_MODEL_FUNCTIONS: dict[tuple, ModelFunctions] = {}
-
-
+@cached
 def model_functions(model: Layer, loss: Callable, regularizer: Callable | None) -> ModelFunctions:
-    """The same three function objects for the same (model, loss, regularizer), so jit caches hit."""
-    cache_key = (model, loss, regularizer)
-    if cache_key not in _MODEL_FUNCTIONS:
+    """The same three function objects for the same (model, loss, regularizer), so compiled code is reused.
 
-        def cost(params, batch):
-            x, y = batch
-            value = loss(model.apply(params, x), y)
-            return value if regularizer is None else value + regularizer(params)
+    Kept in purenet's one bounded cache (``purenet.compiled``); a regularizer
+    that cannot be hashed gets new functions, and so a new compilation, each time.
+    """
 
-        _MODEL_FUNCTIONS[cache_key] = ModelFunctions(
-            cost, lambda params, batch: model.apply(params, batch[0]), lambda out, batch: loss(out, batch[1])
-        )
-    return _MODEL_FUNCTIONS[cache_key]
+    def cost(params, batch):
+        x, y = batch
+        value = loss(model.apply(params, x), y)
+        return value if regularizer is None else value + regularizer(params)
+
+    return ModelFunctions(
+        cost, lambda params, batch: model.apply(params, batch[0]), lambda out, batch: loss(out, batch[1])
+    )

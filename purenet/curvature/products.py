@@ -21,7 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
+from purenet.compiled import cached
 from purenet.core import ConfigError
 from purenet.curvature.base import (
     METHODS,
@@ -49,19 +51,31 @@ def ggn_product(outputs_fn: Callable, loss_fn: Callable, params: Params, v: Para
     return jax.linear_transpose(jvp_fn, params)(loss_hessian_jv)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _jit_hvp(f, params, v, method):
-    return hessian_product(f, params, v, method)
+# The compiled products are built once per user function in purenet's one bounded cache
+# (``purenet.compiled``): the same ``f`` reaches the same jit-compiled function, and a function
+# evicted from the cache takes its compiled code with it.
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _jit_batched_hvp(f, params, vs, method):
-    return jax.vmap(lambda v: hessian_product(f, params, v, method))(vs)
+@cached
+def _compiled_hvp(f: Callable, method: str, batched: bool) -> Callable:
+    def product(params, v):
+        return hessian_product(f, params, v, method)
+
+    return jax.jit(jax.vmap(product, in_axes=(None, 0)) if batched else product)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _jit_ggn_vp(outputs_fn, loss_fn, params, v):
-    return ggn_product(outputs_fn, loss_fn, params, v)
+@cached
+def _compiled_ggn_vp(outputs_fn: Callable, loss_fn: Callable) -> Callable:
+    return jax.jit(functools.partial(ggn_product, outputs_fn, loss_fn))
+
+
+@cached
+def _compiled_hessian(f: Callable) -> Callable:
+    def dense(params):
+        flat, unflatten = flatten_params(params)
+        return jax.hessian(lambda w: f(unflatten(w)))(flat)
+
+    return jax.jit(dense)
 
 
 def hvp(f: Callable[[Params], jax.Array], params: Params, v: Params, *, method: str = METHODS[0]) -> Params:
@@ -79,7 +93,7 @@ def hvp(f: Callable[[Params], jax.Array], params: Params, v: Params, *, method: 
       H v, in the params' structure.  Jit-compiled once per ``f``.
     """
     check_vector("hvp", "v", v, params)
-    product = _jit_hvp(f, params, v, check_method("hvp", method))
+    product = _compiled_hvp(f, check_method("hvp", method), False)(params, v)
     require_finite("hvp", "v", v)  # after the dispatch, so that its one sync overlaps the product
     return product
 
@@ -97,7 +111,7 @@ def batched_hvp(
       The products stacked the same way: ``H v_i`` is ``tree_map(lambda a: a[i], result)``.
     """
     check_vector("batched_hvp", "vs", vs, params, stacked=True)
-    product = _jit_batched_hvp(f, params, vs, check_method("batched_hvp", method))
+    product = _compiled_hvp(f, check_method("batched_hvp", method), True)(params, vs)
     require_finite("batched_hvp", "vs", vs)  # after the dispatch, so that its one sync overlaps the product
     return product
 
@@ -119,7 +133,7 @@ def ggn_vp(
       in the params.
     """
     check_vector("ggn_vp", "v", v, params)
-    product = _jit_ggn_vp(outputs_fn, loss_fn, params, v)
+    product = _compiled_ggn_vp(outputs_fn, loss_fn)(params, v)
     require_finite("ggn_vp", "v", v)  # after the dispatch, so that its one sync overlaps the product
     return product
 
@@ -134,13 +148,16 @@ def hessian(f: Callable[[Params], jax.Array], params: Params, *, max_dim: int = 
       f: ``f(params) -> scalar``.
       params: the point.
       max_dim: refuse a Hessian with more than this many rows (raise it knowingly).
+
+    Returns:
+      The (P, P) matrix.  Jit-compiled once per ``f``.
     """
-    flat, unflatten = flatten_params(params)
-    if flat.size > max_dim:
+    size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+    if size > max_dim:
         raise ConfigError(
             "hessian",
-            f"the params hold {flat.size} numbers, so the Hessian would be {flat.size} x {flat.size}; "
+            f"the params hold {size} numbers, so the Hessian would be {size} x {size}; "
             f"max_dim is {max_dim}. Use a CurvatureOperator with lanczos or spectral_density instead, "
             "or raise max_dim",
         )
-    return jax.jit(jax.hessian(lambda w: f(unflatten(w))))(flat)
+    return _compiled_hessian(f)(params)

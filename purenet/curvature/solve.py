@@ -10,13 +10,13 @@ takes with Levenberg-Marquardt damping (section 4.1) and CG warm starts
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from purenet.compiled import cached
 from purenet.core import ConfigError, Layer, require_positive_int
 from purenet.curvature.base import (
     METHODS,
@@ -26,7 +26,7 @@ from purenet.curvature.base import (
     tree_axpy,
     tree_vdot,
 )
-from purenet.curvature.operator import CurvatureOperator, model_functions
+from purenet.curvature.operator import CurvatureOperator, compiled, model_functions
 
 
 class CGResult(NamedTuple):
@@ -59,8 +59,7 @@ def _cg(op, b, x0, damping, tol, maxiter) -> tuple[CGResult, Params]:
     return CGResult(x, residual_norm, relative, relative <= tol * 1.01), product
 
 
-@functools.partial(jax.jit, static_argnames=("maxiter",))
-def _jit_cg(op, b, x0, damping, tol, maxiter) -> CGResult:
+def _cg_result(op, b, x0, damping, tol, maxiter) -> CGResult:
     return _cg(op, b, x0, damping, tol, maxiter)[0]
 
 
@@ -95,7 +94,7 @@ def cg_solve(
         raise ConfigError("cg_solve", f"damping must be >= 0, got {damping!r}")
     if maxiter is not None:
         maxiter = require_positive_int("cg_solve", "maxiter", maxiter)
-    result = _jit_cg(op, b, x0, damping, tol, maxiter)
+    result = compiled(op, _cg_result, "maxiter")(op, b, x0, damping, tol, maxiter)
     require_finite("cg_solve", "x", result.x, "the solution x is not finite (NaN or inf) here")
     return result
 
@@ -148,27 +147,36 @@ def make_hessian_free_step(
 
     Returns:
       ``(init, step)``: ``init(params, damping=1.0) -> HessianFreeState`` and
-      ``step(state, x, y) -> (state, HessianFreeInfo)``.
+      ``step(state, x, y) -> (state, HessianFreeInfo)``.  The same arguments
+      give the same pair again (purenet's bounded cache), so a second call
+      compiles nothing.
     """
     if curvature not in ("hessian", "ggn"):
         raise ConfigError(
             "make_hessian_free_step", f"curvature must be 'hessian' or 'ggn', got {curvature!r}"
         )
-    functions = model_functions(model, loss, None)
+    return _hessian_free_pair(model, loss, curvature, cg_tol, cg_maxiter)
 
-    def init(params: Params, damping: float = 1.0) -> HessianFreeState:
-        require_finite("make_hessian_free_step", "params", params)
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        return HessianFreeState(params, jnp.asarray(damping, jnp.result_type(float)), zeros)
+
+def _init_hessian_free(params: Params, damping: float = 1.0) -> HessianFreeState:
+    require_finite("make_hessian_free_step", "params", params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    return HessianFreeState(params, jnp.asarray(damping, jnp.result_type(float)), zeros)
+
+
+@cached
+def _hessian_free_pair(model, loss, curvature, cg_tol, cg_maxiter) -> tuple[Callable, Callable]:
+    functions = model_functions(model, loss, None)
+    if curvature == "ggn":
+        kind, losses, method = "ggn", (functions.outputs, functions.loss), None
+    else:
+        kind, losses, method = "hessian", (functions.cost,), METHODS[0]
 
     @jax.jit
     def step(state: HessianFreeState, x, y) -> tuple[HessianFreeState, HessianFreeInfo]:
-        batch, n = (x, y), x.shape[0]
+        batch = (x, y)
         value, grads = jax.value_and_grad(functions.cost)(state.params, batch)
-        if curvature == "ggn":
-            op = CurvatureOperator("ggn", (functions.outputs, functions.loss), state.params, batch, n, None)
-        else:
-            op = CurvatureOperator("hessian", (functions.cost,), state.params, batch, n, METHODS[0])
+        op = CurvatureOperator(kind, losses, state.params, batch, x.shape[0], method)
         solved, curvature_times_step = _cg(op, grads, state.direction, state.damping, cg_tol, cg_maxiter)
         proposal = jax.tree_util.tree_map(jnp.subtract, state.params, solved.x)
         new_value = functions.cost(proposal, batch)
@@ -184,4 +192,4 @@ def make_hessian_free_step(
         info = HessianFreeInfo(value, new_value, rho, accepted, solved.relative_residual)
         return HessianFreeState(params, damping, direction), info
 
-    return init, step
+    return _init_hessian_free, step

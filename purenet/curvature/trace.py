@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from purenet.core import ConfigError, require_positive_int
 from purenet.curvature.base import NonFiniteCurvatureError, flatten_params
-from purenet.curvature.operator import CurvatureOperator
+from purenet.curvature.operator import CurvatureOperator, compiled
 
 
 class TraceEstimate(NamedTuple):
@@ -48,7 +48,6 @@ def _require_finite_products(where: str, op: CurvatureOperator, *values: jax.Arr
         raise NonFiniteCurvatureError(where, f"a {op.kind}-vector product was not finite")
 
 
-@jax.jit
 def _quadratic_forms(op, probes):
     matvec = op.flat_matvec()
     return jax.vmap(lambda z: jnp.vdot(z, matvec(z)))(probes)
@@ -65,12 +64,12 @@ def hutchinson_trace(
     num_probes = require_positive_int("hutchinson_trace", "num_probes", num_probes)
     flat, _ = flatten_params(op.params)
     key = jax.random.PRNGKey(0) if key is None else key
-    forms = _quadratic_forms(op, jax.random.rademacher(key, (num_probes, flat.size), dtype=flat.dtype))
+    probes = jax.random.rademacher(key, (num_probes, flat.size), dtype=flat.dtype)
+    forms = compiled(op, _quadratic_forms)(op, probes)
     _require_finite_products("hutchinson_trace", op, forms)
     return TraceEstimate(float(jnp.mean(forms)), _standard_error(forms), num_probes)
 
 
-@jax.jit
 def _hutchpp(op, sketch, probes):
     matmat = jax.vmap(op.flat_matvec())
     basis, _ = jnp.linalg.qr(matmat(sketch.T).T)  # (P, s): an orthonormal basis of range(A S)
@@ -101,6 +100,6 @@ def hutchpp_trace(
     sketch_key, probe_key = jax.random.split(key)
     sketch = jax.random.rademacher(sketch_key, (flat.size, sketch_size), dtype=flat.dtype)
     probes = jax.random.rademacher(probe_key, (flat.size, probe_count), dtype=flat.dtype)
-    top, forms = _hutchpp(op, sketch, probes)
+    top, forms = compiled(op, _hutchpp)(op, sketch, probes)
     _require_finite_products("hutchpp_trace", op, top, forms)
     return TraceEstimate(float(top + jnp.mean(forms)), _standard_error(forms), num_matvecs)
