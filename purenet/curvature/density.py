@@ -92,7 +92,11 @@ def spectral_density(
       op: a ``CurvatureOperator``.
       num_probes: independent random start vectors.
       num_iterations: Lanczos steps per probe, at most P; default min(P, 80).
-      key: PRNG key for the probes.
+      key: PRNG key for the probes.  Default ``PRNGKey(0)``: deterministic,
+        so the same call gives the same density every time, which is what a
+        measurement (a test, densities compared across training) wants.  Pass
+        fresh keys for independent densities: repeating a call with the
+        default key draws the same probes again.
 
     Returns:
       A ``SpectralDensity``; plot it with ``plot_spectral_density``.

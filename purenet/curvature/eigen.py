@@ -219,13 +219,18 @@ def _run_growing(op, state, key, tol, *, k, largest, max_iterations):
     """Run in a basis that doubles as needed: each step reads the whole basis, so keep it short.
 
     Each capacity compiles once (and is cached), so there are at most
-    log2(max_iterations) compilations per loss function.
+    log2(max_iterations) compilations per loss function.  A non-finite
+    product stops the run and is raised, naming the step.
     """
     run = compiled(op, _lanczos_loop, "k", "largest")
     while True:
         state = run(op, state, key, tol, k=k, largest=largest)
+        if not bool(state.finite):
+            raise NonFiniteCurvatureError(
+                "lanczos", f"the {op.kind}-vector product was not finite at step {int(state.step)}"
+            )
         capacity = state.alphas.shape[0]
-        if bool(state.converged) or not bool(state.finite) or capacity >= max_iterations:
+        if bool(state.converged) or capacity >= max_iterations:
             return state
         state = _grow(state, capacity=min(2 * capacity, max_iterations))
 
@@ -257,7 +262,11 @@ def lanczos(
       tol: relative residual at which to stop.
       max_iterations: the most products, k <= max_iterations <= P; default
         ``min(P, max(10 k, 100))``.
-      key: PRNG key for the start vector (and for restarts after breakdown).
+      key: PRNG key for the start vector and for restarts after breakdown.
+        Default ``PRNGKey(0)``: deterministic, so the same call gives the same
+        eigenpairs every time, as a measurement (a test, a sharpness curve)
+        wants; converged values hardly depend on the start.  Pass other keys
+        to see how much they do at a loose ``tol``.
       v0: a start vector in the params' structure instead of a random one.
 
     Returns:
@@ -268,6 +277,7 @@ def lanczos(
 
     Raises:
       ConfigError: k or max_iterations out of range, or an unknown ``which``.
+      ParamsError: a ``v0`` not shaped like the params (names the first mismatching leaf).
       NonFiniteCurvatureError: a product held NaN or inf (names the step).
     """
     k, max_iterations = krylov_sizes("lanczos", op.dim, k, max_iterations)
@@ -279,10 +289,6 @@ def lanczos(
     largest = which == "top"
     state = initial_state(start, min(max_iterations, max(2 * k, 16)))
     state = _run_growing(op, state, restart_key, tol, k=k, largest=largest, max_iterations=max_iterations)
-    if not bool(state.finite):
-        raise NonFiniteCurvatureError(
-            "lanczos", f"the {op.kind}-vector product was not finite at step {int(state.step)}"
-        )
     values, vectors, residuals = _ritz_pairs(state, k=k, largest=largest)
     _, unflatten = flatten_params(op.params)
     return Eigenpairs(values, jax.vmap(unflatten)(vectors), residuals, int(state.step), bool(state.converged))

@@ -239,9 +239,38 @@ def model_operator(
     """The curvature of ``loss(model.apply(params, x), y)`` (+ a regularizer), mean over (x, y).
 
     A convenience over ``hessian_operator`` / ``ggn_operator`` for a purenet
-    model in eval mode, with ``data=(x, y)``.  A regularizer is not a loss of
-    the outputs, so it has no Gauss-Newton form and ``kind="ggn"`` refuses
-    one: an L2 penalty's Hessian is 2 lambda I, add it as ``damping``.
+    model in eval mode, with ``data=(x, y)``.  The same ``model``, ``loss``
+    and ``regularizer`` objects give the same loss functions (purenet's
+    bounded cache), so a second operator, at new params or on new data of
+    the same shapes, compiles nothing.
+
+    A regularizer is not a loss of the outputs, so it has no Gauss-Newton
+    form and ``kind="ggn"`` refuses one.  purenet's ``L2Penalty(lambda)`` is
+    lambda/2 ||w||^2 over the weights, biases skipped, so its Hessian is the
+    constant diagonal with lambda on every weight and 0 on every bias: with
+    the GGN, ``cg_solve(op, g, damping=lambda)`` adds lambda on the biases too,
+    which is the usual Levenberg-Marquardt term rather than the penalty exactly.
+
+    Args:
+      model: the network; ``model.apply(params, x)`` runs in eval mode (no dropout).
+      loss: ``loss(outputs, y) -> scalar``, the *mean* loss over a batch.
+      params: the point, a params pytree of ``model``.
+      x: inputs, examples on the leading axis.
+      y: targets, with as many examples as ``x``.
+      kind: ``"hessian"`` (of the loss plus the regularizer) or ``"ggn"``
+        (J^T H_L J, positive semi-definite for a convex loss).
+      batch_size: examples per product (default: all at once); the operator
+        is the curvature of the mean over all examples either way.
+      regularizer: ``regularizer(params) -> scalar`` added to the loss (an
+        ``L2Penalty``, say), only with ``kind="hessian"``.
+
+    Returns:
+      A ``CurvatureOperator`` over ``data=(x, y)``.
+
+    Raises:
+      ConfigError: an unknown ``kind``, a regularizer with ``"ggn"``, or a bad ``batch_size``.
+      ParamsError: ``x`` and ``y`` without one common leading (examples) axis.
+      NonFiniteCurvatureError: params holding NaN or inf.
     """
     if kind not in ("hessian", "ggn"):
         raise ConfigError("model_operator", f"kind must be 'hessian' or 'ggn', got {kind!r}")

@@ -91,6 +91,11 @@ def hvp(f: Callable[[Params], jax.Array], params: Params, v: Params, *, method: 
 
     Returns:
       H v, in the params' structure.  Jit-compiled once per ``f``.
+
+    Raises:
+      ParamsError: ``v`` not shaped like the params: the first mismatching
+        leaf of ``v`` is named, with the shape or dtype kind expected and got.
+      NonFiniteCurvatureError: ``v`` holds NaN or inf (names the leaf).
     """
     check_vector("hvp", "v", v, params)
     product = _compiled_hvp(f, check_method("hvp", method), False)(params, v)
@@ -109,6 +114,9 @@ def batched_hvp(
 
     Returns:
       The products stacked the same way: ``H v_i`` is ``tree_map(lambda a: a[i], result)``.
+
+    Raises:
+      ParamsError: as for ``hvp``, and a single unstacked vector.
     """
     check_vector("batched_hvp", "vs", vs, params, stacked=True)
     product = _compiled_hvp(f, check_method("batched_hvp", method), True)(params, vs)

@@ -85,6 +85,13 @@ def cg_solve(
       tol: relative residual ||r|| / ||b|| at which CG stops.
       maxiter: the most CG iterations (default 10 P, jax's own).
       x0: a warm start (Martens 2010 section 4.5 starts from the last step).
+
+    Returns:
+      A ``CGResult``; check ``converged``.
+
+    Raises:
+      ParamsError: ``b`` or ``x0`` not shaped like the params (names the first mismatching leaf).
+      NonFiniteCurvatureError: ``b`` or the solution holds NaN or inf.
     """
     check_vector("cg_solve", "b", b, op.params)
     require_finite("cg_solve", "b", b)

@@ -60,6 +60,18 @@ def hutchinson_trace(
 
     Unbiased, with variance 2 sum_{i != j} A_ij^2 per probe.
     The probes' products run vectorized (``jax.vmap``): memory num_probes x P.
+
+    Args:
+      op: a ``CurvatureOperator``.
+      num_probes: how many Rademacher probes (= products).
+      key: PRNG key for the probes.  Default ``PRNGKey(0)``: deterministic,
+        so the same call gives the same estimate every time, which is what a
+        measurement wants.  Pass fresh keys for independent estimates:
+        repeating a call with the default key draws the same probes, so
+        averaging such calls does not shrink the error.
+
+    Returns:
+      A ``TraceEstimate`` with the probes' standard error.
     """
     num_probes = require_positive_int("hutchinson_trace", "num_probes", num_probes)
     flat, _ = flatten_params(op.params)
@@ -89,6 +101,16 @@ def hutchpp_trace(
     num_matvecs - 2 s probes, projected off Q, estimates the rest.  For a
     matrix with quickly decaying eigenvalues (a network's Hessian) the error
     falls as 1/num_matvecs rather than Hutchinson's 1/sqrt(num_matvecs).
+
+    Args:
+      op: a ``CurvatureOperator``.
+      num_matvecs: the products to spend, at least 3.
+      key: PRNG key for the sketch and the probes.  Default ``PRNGKey(0)``:
+        deterministic, as for ``hutchinson_trace``; pass fresh keys for
+        independent estimates.
+
+    Returns:
+      A ``TraceEstimate``; its standard error is that of the residual part.
     """
     num_matvecs = require_positive_int("hutchpp_trace", "num_matvecs", num_matvecs)
     if num_matvecs < 3:
