@@ -402,7 +402,7 @@ def test_a_direction_of_the_wrong_tree_is_refused(small):
     stacked[0]["b"] = stacked[0]["b"][:1]
     with pytest.raises(
         pn.ParamsError,
-        match=r"batched_hvp at vs: every leaf of vs needs the same leading axis, got lengths \[1, 2\]",
+        match=r"batched_hvp at vs\[0\]\['b'\]: expected shape \(2, 3\), got \(1, 3\)",
     ):
         cv.batched_hvp(f, params, stacked)
 

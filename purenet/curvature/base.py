@@ -14,6 +14,7 @@ of ``CurvatureOperator.to_dense``, and every Krylov basis use that order.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -78,10 +79,14 @@ def _check_tree(where: str, what: str, tree: Any, template: Any, leading: bool |
     try:
         return check_like(tree, template, layer=where, what=what, leading=leading)
     except ParamsError as error:
-        if error.leaf or error.path:
-            raise
-        # check_like names the tree only on a path below its root; a mismatch at the root names the tree.
-        raise ParamsError(where, error.message, leaf=what, root="") from None
+        raise _named_at_root(error, what) from None
+
+
+def _named_at_root(error: ParamsError, what: str) -> ParamsError:
+    """check_like names the tree only on a path below its root; locate a mismatch at the root at the tree."""
+    if error.leaf or error.path:
+        return error
+    return ParamsError(error.layer, error.message, leaf=what, root="")
 
 
 def check_vector(where: str, what: str, tree: Any, params: Params, *, stacked: bool = False) -> int | None:
@@ -105,22 +110,35 @@ def check_vector(where: str, what: str, tree: Any, params: Params, *, stacked: b
     if not stacked:
         return _check_tree(where, what, tree, template, None)
     try:
-        return _check_tree(where, what, tree, template, True)
-    except ParamsError:
-        if not _is_like(tree, template):
-            raise
-    # One vector where a stack was due: its leading axes are the params' own, which reads as a mismatch
-    # of lengths; say what it is instead, at its first leaf.
-    path, leaf = jax.tree_util.tree_flatten_with_path(tree)[0][0]
-    shape = tuple(np.shape(leaf))
-    expected = "(" + ", ".join(["n", *map(str, shape)]) + ("," if not shape else "") + ")"
-    raise ParamsError(
-        where,
-        f"expected shape {expected}, n vectors stacked on a leading axis, got {shape}: "
-        "a single vector shaped like the params",
-        jax.tree_util.keystr(path),
-        what,
-    )
+        return check_like(tree, template, layer=where, what=what, leading=True)
+    except ParamsError as error:
+        if not (error.leaf or error.path):  # the leaves disagree on their leading axis
+            _locate_stack_mismatch(where, what, tree, template)
+        raise _named_at_root(error, what) from None
+
+
+def _locate_stack_mismatch(where: str, what: str, tree: Any, template: Any) -> None:
+    """The leaves of ``tree`` disagree on their leading axis: raise at the first leaf at fault.
+
+    One vector where a stack was due has the params' own leading axes; say so.
+    Otherwise the leaves whose length differs from the most common one are at fault.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if leaves and _is_like(tree, template):
+        path, leaf = leaves[0]
+        shape = tuple(np.shape(leaf))
+        expected = f"(n, {', '.join(map(str, shape))})" if shape else "(n,)"
+        raise ParamsError(
+            where,
+            f"expected shape {expected}, n vectors stacked on a leading axis, got {shape}: "
+            "a single vector shaped like the params",
+            jax.tree_util.keystr(path),
+            what,
+        ) from None
+    lengths = [np.shape(leaf)[0] for leaf in jax.tree_util.tree_leaves(tree) if np.ndim(leaf)]
+    if lengths:
+        count = collections.Counter(lengths).most_common(1)[0][0]
+        _check_tree(where, what, tree, template, count)
 
 
 def _is_like(tree: Any, template: Any) -> bool:
