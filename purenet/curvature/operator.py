@@ -86,7 +86,7 @@ class CurvatureOperator:
         outputs_fn, loss_fn = self.functions
         return ggn_product(bind(outputs_fn), bind(loss_fn), self.params, v)
 
-    def unchecked_matvec(self, v: Params) -> Params:
+    def _unchecked_matvec(self, v: Params) -> Params:
         """A v without the checks of ``matvec``: traceable, for the compiled methods."""
         if self.data is None:
             return self._batch_product(None, v)
@@ -137,7 +137,7 @@ class CurvatureOperator:
     def flat_matvec(self) -> Callable[[jax.Array], jax.Array]:
         """The product on flattened vectors (``flatten_params`` order), for Krylov loops."""
         _, unflatten = flatten_params(self.params)
-        return lambda w: ravel_pytree(self.unchecked_matvec(unflatten(w)))[0]
+        return lambda w: ravel_pytree(self._unchecked_matvec(unflatten(w)))[0]
 
 
 @cached
@@ -160,11 +160,11 @@ def compiled(op: CurvatureOperator, body: Callable, *static_argnames: str) -> Ca
 
 
 def _matvec(op: CurvatureOperator, v: Params) -> Params:
-    return op.unchecked_matvec(v)
+    return op._unchecked_matvec(v)
 
 
 def _matmat(op: CurvatureOperator, vs: Params) -> Params:
-    return jax.vmap(op.unchecked_matvec)(vs)
+    return jax.vmap(op._unchecked_matvec)(vs)
 
 
 def _dense(op: CurvatureOperator) -> jax.Array:

@@ -48,9 +48,9 @@ class CGResult(NamedTuple):
 def _cg(op, b, x0, damping, tol, maxiter) -> tuple[CGResult, Params]:
     """The CG result and A x (undamped), the product the true residual needed anyway."""
     x, _ = jax.scipy.sparse.linalg.cg(
-        lambda v: tree_axpy(damping, v, op.unchecked_matvec(v)), b, x0=x0, tol=tol, maxiter=maxiter
+        lambda v: tree_axpy(damping, v, op._unchecked_matvec(v)), b, x0=x0, tol=tol, maxiter=maxiter
     )
-    product = op.unchecked_matvec(x)
+    product = op._unchecked_matvec(x)
     residual = jax.tree_util.tree_map(jnp.subtract, b, tree_axpy(damping, x, product))
     residual_norm = jnp.sqrt(tree_vdot(residual, residual))
     b_norm = jnp.sqrt(tree_vdot(b, b))
