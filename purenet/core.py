@@ -181,14 +181,15 @@ class PurenetError(Exception):
         self.path: list[str] = []
 
     def __str__(self) -> str:
+        place = "".join(self.path)
         if self.root == "params":
-            where = "".join(self.path) + self.leaf
+            where = place + self.leaf
             if not where:
                 return f"{self.layer}: {self.message}"
             return f"{self.layer} at params{where}: {self.message}"
-        # Another tree (a gradient, a vector): its own path, after the layer's place in the model.
-        place = f" at params{''.join(self.path)}" if self.path else ""
-        return f"{self.layer}{place}: {self.root}{self.leaf}: {self.message}"
+        # Another tree (a gradient, a vector): its own path, after the layer's place in the model if any.
+        inside = f"{self.root}{self.leaf}"
+        return f"{self.layer} at {f'params{place}, ' if place else ''}{inside}: {self.message}"
 
 
 class ShapeError(PurenetError, ValueError):

@@ -189,6 +189,6 @@ def test_reference_with_wrong_shapes_is_reported(key):
         return {"w": g_params["w"].T, "b": g_params["b"]}, g_x
 
     with pytest.raises(
-        pn.ParamsError, match=r"Dense\(3\): the backward's g_params\['w'\]: expected shape \(5, 3\), got \(3, 5\)"
+        pn.ParamsError, match=r"Dense\(3\) at the backward's g_params\['w'\]: expected shape \(5, 3\), got \(3, 5\)"
     ):
         pn.check_layer(pn.Dense(3), (4, 5), bprop=transposed)

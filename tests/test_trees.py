@@ -70,7 +70,7 @@ def test_check_like_accepts_the_tree_itself_and_refuses_any_planted_change(tree,
     with pytest.raises(pn.ParamsError) as caught:
         pn.check_like(changed, tree, layer="probe", what="tree")
     message = str(caught.value)
-    assert message.startswith("probe: tree" + paths[target] + ": expected"), (message, paths[target])
+    assert message.startswith("probe at tree" + paths[target] + ": expected"), (message, paths[target])
 
 
 @pytest.mark.parametrize(
@@ -180,12 +180,12 @@ def wrong_g_x(params, x, g):
 
 
 WRONG_BACKWARDS = {
-    as_list: r"Dense\(3\): the backward's g_params: expected a dict with keys \['b', 'w'\], got a list of 2 entries",
-    wrong_key: r"Dense\(3\): the backward's g_params: expected keys \['b', 'w'\], got \['c', 'w'\]",
-    wrong_shape: r"Dense\(3\): the backward's g_params\['b'\]: expected shape \(3,\), got \(1,\)",
-    wrong_dtype: r"Dense\(3\): the backward's g_params\['w'\]: expected a floating dtype like float64, got int64",
-    swapped: r"Dense\(3\): the backward's g_params: expected a dict with keys \['b', 'w'\], got an array of shape \(4, 2\)",
-    wrong_g_x: r"Dense\(3\): the backward's g_x: expected shape \(4, 2\), got \(2, 4\)",
+    as_list: r"Dense\(3\) at the backward's g_params: expected a dict with keys \['b', 'w'\], got a list of 2 entries",
+    wrong_key: r"Dense\(3\) at the backward's g_params: expected keys \['b', 'w'\], got \['c', 'w'\]",
+    wrong_shape: r"Dense\(3\) at the backward's g_params\['b'\]: expected shape \(3,\), got \(1,\)",
+    wrong_dtype: r"Dense\(3\) at the backward's g_params\['w'\]: expected a floating dtype like float64, got int64",
+    swapped: r"Dense\(3\) at the backward's g_params: expected a dict with keys \['b', 'w'\], got an array of shape \(4, 2\)",
+    wrong_g_x: r"Dense\(3\) at the backward's g_x: expected shape \(4, 2\), got \(2, 4\)",
 }
 
 
@@ -199,7 +199,7 @@ def test_a_parameter_free_backward_with_swapped_outputs_is_refused_by_both_check
     def swapped_unit(params, z, g):
         return g, ()
 
-    with pytest.raises(pn.ParamsError, match=r"Tanh: the backward's g_params: expected a tuple of 0 entries, got an array"):
+    with pytest.raises(pn.ParamsError, match=r"Tanh at the backward's g_params: expected a tuple of 0 entries, got an array"):
         pn.check_layer(pn.Tanh(), (4, 3), bprop=swapped_unit)
     wrong_tanh = pn.Tanh().replace(reference=pn.Reference.from_bprop(lambda p, z: np.tanh(z), swapped_unit))
     model = pn.serial(pn.Dense(3), wrong_tanh, pn.Dense(2))
@@ -208,7 +208,7 @@ def test_a_parameter_free_backward_with_swapped_outputs_is_refused_by_both_check
         pn.check_gradients(model, params, np.ones((2, 4)), np.zeros((2, 2)), pn.mean_squared_error)
     assert caught.value.path == ["[1]"]  # located: the node inside the network is named
     assert str(caught.value).startswith(
-        "Tanh at params[1]: the backward's g_params: expected a tuple of 0 entries, got an array of shape (2, 3)"
+        "Tanh at params[1], the backward's g_params: expected a tuple of 0 entries, got an array of shape (2, 3)"
     )
 
 
@@ -224,4 +224,4 @@ def test_a_users_reference_returning_the_wrong_tree_inside_a_network_is_located(
     params = model.init(key, (-1, 4))[1]
     with pytest.raises(pn.ParamsError) as caught:
         pn.reference_gradient(model, params, np.ones((2, 4)), np.zeros((2, 2)), pn.mean_squared_error)
-    assert str(caught.value) == "MyLinear at params[2]: the backward's g_params: expected keys ['w'], got ['extra', 'w']"
+    assert str(caught.value) == "MyLinear at params[2], the backward's g_params: expected keys ['w'], got ['extra', 'w']"

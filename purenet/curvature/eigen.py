@@ -1,0 +1,295 @@
+"""Extreme eigenpairs of a curvature operator by Lanczos with full reorthogonalization.
+
+Golub and Van Loan, Matrix Computations, 4th ed., section 10.1: the
+three-term recurrence builds an orthonormal Krylov basis Q and a tridiagonal
+T = Q^T A Q whose eigenvalues (the Ritz values) converge to A's extreme
+eigenvalues first.  Every step is reorthogonalized against the whole basis
+(section 10.3.1), and the loop stops once each wanted Ritz pair meets the
+residual bound ``beta_j |s_{j,i}| <= tol |theta_i|``.  The loop is a
+device-resident ``lax.while_loop`` over flattened parameter vectors
+(``jax.flatten_util.ravel_pytree``), with pytrees in and out.
+
+The recurrence (``initial_state``, ``lanczos_step``, ``tridiagonal``) is
+shared with stochastic Lanczos quadrature in ``density``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from purenet.core import ConfigError
+from purenet.curvature.base import (
+    NonFiniteCurvatureError,
+    Params,
+    check_vector,
+    flatten_params,
+    require_finite,
+)
+from purenet.curvature.operator import CurvatureOperator, compiled
+from purenet.shapes import require_positive_int
+
+# --------------------------------------------------------------------------
+# The recurrence
+# --------------------------------------------------------------------------
+
+
+class LanczosState(NamedTuple):
+    """The Lanczos loop's carry."""
+
+    basis: jax.Array  # (m + 1, P); rows beyond the current step are zero
+    alphas: jax.Array  # (m,) diagonal of T
+    betas: jax.Array  # (m,) betas[j] couples basis rows j and j + 1
+    step: jax.Array  # how many steps are done
+    norm: jax.Array  # running max of ||A q_j||, the scale for breakdown
+    finite: jax.Array  # every product so far was finite
+    converged: jax.Array
+
+
+def _orthogonalize(basis: jax.Array, vectors: jax.Array) -> jax.Array:
+    """One Gram-Schmidt pass: the rows of ``vectors`` projected off the rows of ``basis``.
+
+    The rows go together so that the pass reads the basis, the loop's
+    largest buffer, once for all of them: on a CPU that read is the cost.
+    """
+    return vectors - (basis.T @ (basis @ vectors.T)).T
+
+
+def lanczos_step(matvec: Callable, key: jax.Array, state: LanczosState) -> LanczosState:
+    """One step of Lanczos with full reorthogonalization; restarts on breakdown.
+
+    The three-term recurrence removes the large components along q_j and
+    q_{j-1} first, so that one full Gram-Schmidt pass over the basis then
+    keeps it orthogonal to working precision (Golub and Van Loan, 10.3.1).
+    """
+    j = state.step
+    q = state.basis[j]
+    w = matvec(q)
+    finite = state.finite & jnp.all(jnp.isfinite(w))
+    w = jnp.where(finite, w, 0.0)
+    alpha = jnp.vdot(q, w)
+    norm = jnp.maximum(state.norm, jnp.linalg.norm(w))
+    previous_beta = jnp.where(j > 0, state.betas[j - 1], 0.0)
+    w = w - alpha * q - previous_beta * state.basis[j - 1]
+    # Breakdown: the Krylov space is invariant.  T is then block diagonal, and
+    # a fresh direction orthogonal to the basis starts the next block.
+    fresh = jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype)
+    w, fresh = _orthogonalize(state.basis, jnp.stack([w, fresh]))
+    beta = jnp.linalg.norm(w)
+    tiny = jnp.finfo(w.dtype).tiny
+    broke = beta <= 10 * jnp.finfo(w.dtype).eps * jnp.maximum(norm, tiny)
+    fresh = fresh / jnp.maximum(jnp.linalg.norm(fresh), tiny)
+    next_q = jnp.where(broke, fresh, w / jnp.maximum(beta, tiny))
+    return state._replace(
+        basis=state.basis.at[j + 1].set(next_q),
+        alphas=state.alphas.at[j].set(alpha),
+        betas=state.betas.at[j].set(jnp.where(broke, 0.0, beta)),
+        step=j + 1,
+        norm=norm,
+        finite=finite,
+    )
+
+
+def initial_state(start: jax.Array, capacity: int) -> LanczosState:
+    """A state with room for ``capacity`` steps, whose first basis vector is ``start`` normalized."""
+    basis = jnp.zeros((capacity + 1, start.size), start.dtype).at[0].set(start / jnp.linalg.norm(start))
+    zeros = jnp.zeros(capacity, start.dtype)
+    scalar = jnp.array(0.0, start.dtype)
+    return LanczosState(basis, zeros, zeros, jnp.array(0), scalar, jnp.array(True), jnp.array(False))
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def _grow(state: LanczosState, *, capacity: int) -> LanczosState:
+    """The same state with room for ``capacity`` steps (zero rows and entries appended)."""
+    extra = capacity - state.alphas.shape[0]
+    return state._replace(
+        basis=jnp.pad(state.basis, ((0, extra), (0, 0))),
+        alphas=jnp.pad(state.alphas, (0, extra)),
+        betas=jnp.pad(state.betas, (0, extra)),
+    )
+
+
+def tridiagonal(alphas: jax.Array, betas: jax.Array, steps: jax.Array, pad: jax.Array) -> jax.Array:
+    """T of the first ``steps`` steps, padded to full size with ``pad`` on the diagonal (decoupled)."""
+    m = alphas.shape[0]
+    active = jnp.arange(m) < steps
+    diagonal = jnp.where(active, alphas, pad)
+    off = jnp.where(jnp.arange(m - 1) < steps - 1, betas[:-1], 0.0)
+    return jnp.diag(diagonal) + jnp.diag(off, 1) + jnp.diag(off, -1)
+
+
+def krylov_sizes(
+    where: str, dim: int, k: int, iterations: int | None, argument: str = "max_iterations"
+) -> tuple[int, int]:
+    """Check k and the iteration count against the dimension; the default count is min(P, max(10 k, 100))."""
+    k = require_positive_int(where, "k", k)
+    if k > dim:
+        raise ConfigError(where, f"k must be at most the number of parameters ({dim}), got k={k}")
+    if iterations is None:
+        return k, min(dim, max(10 * k, 100))
+    iterations = require_positive_int(where, argument, iterations)
+    if not k <= iterations <= dim:
+        raise ConfigError(
+            where,
+            f"{argument} must lie between k={k} and the number of parameters {dim}, got {iterations}",
+        )
+    return k, iterations
+
+
+# --------------------------------------------------------------------------
+# Ritz pairs and the stopping rule
+# --------------------------------------------------------------------------
+
+
+def _ritz(state: LanczosState, k: int, largest: bool):
+    """The k wanted Ritz values, their coordinates in the basis, and residual bounds beta_j |s_{j,i}|."""
+    m = state.alphas.shape[0]
+    steps = state.step
+    active = jnp.arange(m) < steps
+    # Gershgorin bounds every Ritz value; pad the inactive block beyond it, on the side not wanted.
+    radius = jnp.max(jnp.where(active, jnp.abs(state.alphas) + 2 * state.betas, 0.0))
+    pad = -(2 * radius + 1) if largest else 2 * radius + 1
+    values, vectors = jnp.linalg.eigh(tridiagonal(state.alphas, state.betas, steps, pad))
+    order = jnp.argsort(-values if largest else values)[:k]
+    values, vectors = values[order], vectors[:, order]
+    last = jnp.take(vectors, steps - 1, axis=0)
+    residuals = jnp.abs(jnp.take(state.betas, steps - 1) * last)
+    return values, vectors, residuals
+
+
+class Eigenpairs(NamedTuple):
+    """Ritz pairs from ``lanczos``.
+
+    Attributes:
+      values: (k,) eigenvalues, largest first for ``which="top"``, smallest first for ``"bottom"``.
+      vectors: the eigenvectors as a pytree of the params' structure, each
+        leaf stacked on a leading axis of k; unit norm over the whole tree.
+      residuals: (k,) ||A y_i - theta_i y_i||, an error bound on each value.
+      iterations: the Lanczos steps (= products) taken.
+      converged: whether every residual met ``tol`` before ``max_iterations``.
+    """
+
+    values: jax.Array
+    vectors: Params
+    residuals: jax.Array
+    iterations: int
+    converged: bool
+
+
+def _start_vector(where: str, op: CurvatureOperator, v0: Params | None, key: jax.Array) -> jax.Array:
+    flat, _ = flatten_params(op.params)
+    if v0 is None:
+        return jax.random.normal(key, flat.shape, flat.dtype)
+    check_vector(where, "v0", v0, op.params)
+    require_finite(where, "v0", v0)
+    start = flatten_params(v0)[0].astype(flat.dtype)
+    if not bool(jnp.any(start != 0)):
+        raise ConfigError(where, "v0 must not be the zero vector")
+    return start
+
+
+def _lanczos_loop(op, state, key, tol, *, k, largest):
+    """Continue Lanczos until converged, non-finite, or out of room in ``state``."""
+    matvec = op.flat_matvec()
+    capacity = state.alphas.shape[0]
+    floor = jnp.finfo(state.basis.dtype).eps ** (2 / 3)
+
+    def keep_going(state):
+        return (state.step < capacity) & state.finite & ~state.converged
+
+    def step(state):
+        state = lanczos_step(matvec, key, state)
+        values, _, residuals = _ritz(state, k, largest)
+        scale = jnp.maximum(jnp.abs(values), floor * jnp.max(jnp.abs(values)))
+        return state._replace(converged=(state.step >= k) & jnp.all(residuals <= tol * scale))
+
+    return jax.lax.while_loop(keep_going, step, state)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "largest"))
+def _ritz_pairs(state, *, k, largest):
+    values, coordinates, residuals = _ritz(state, k, largest)
+    return values, coordinates.T @ state.basis[:-1], residuals
+
+
+def _run_growing(op, state, key, tol, *, k, largest, max_iterations):
+    """Run in a basis that doubles as needed: each step reads the whole basis, so keep it short.
+
+    Each capacity compiles once (and is cached), so there are at most
+    log2(max_iterations) compilations per loss function.  A non-finite
+    product stops the run and is raised, naming the step.
+    """
+    run = compiled(op, _lanczos_loop, "k", "largest")
+    while True:
+        state = run(op, state, key, tol, k=k, largest=largest)
+        if not bool(state.finite):
+            raise NonFiniteCurvatureError(
+                "lanczos", f"the {op.kind}-vector product was not finite at step {int(state.step)}"
+            )
+        capacity = state.alphas.shape[0]
+        if bool(state.converged) or capacity >= max_iterations:
+            return state
+        state = _grow(state, capacity=min(2 * capacity, max_iterations))
+
+
+def lanczos(
+    op: CurvatureOperator,
+    k: int = 1,
+    *,
+    which: str = "top",
+    tol: float = 1e-6,
+    max_iterations: int | None = None,
+    key: jax.Array | None = None,
+    v0: Params | None = None,
+) -> Eigenpairs:
+    """The k largest (``"top"``) or smallest (``"bottom"``) eigenpairs of a curvature operator.
+
+    Lanczos with full reorthogonalization (Golub and Van Loan, section 10.1)
+    as jit-compiled ``lax.while_loop``s on the device, in a basis of 16
+    vectors that doubles whenever it fills.  It stops once every
+    wanted Ritz pair has residual ||A y - theta y|| = beta_j |s_{j,i}| at most
+    ``tol * |theta_i|`` (an error bound on theta_i; the actual error is
+    usually the square of it over the spectral gap), or after
+    ``max_iterations`` products.  Memory: up to (max_iterations + 1) x P numbers.
+
+    Args:
+      op: a ``CurvatureOperator``.
+      k: how many eigenpairs, 1 <= k <= P.
+      which: ``"top"`` (largest, algebraically) or ``"bottom"`` (smallest).
+      tol: relative residual at which to stop.
+      max_iterations: the most products, k <= max_iterations <= P; default
+        ``min(P, max(10 k, 100))``.
+      key: PRNG key for the start vector and for restarts after breakdown.
+        Default ``PRNGKey(0)``: deterministic, so the same call gives the same
+        eigenpairs every time, as a measurement (a test, a sharpness curve)
+        wants; converged values hardly depend on the start.  Pass other keys
+        to see how much they do at a loose ``tol``.
+      v0: a start vector in the params' structure instead of a random one.
+
+    Returns:
+      ``Eigenpairs``; check ``converged`` (or ``residuals``) before trusting
+      a value to ``tol``.  A residual bound says that *some* eigenvalue lies
+      that close, not that it is the k-th largest: with a loose ``tol`` an
+      early Ritz value can still be short of the top one.
+
+    Raises:
+      ConfigError: k or max_iterations out of range, or an unknown ``which``.
+      ParamsError: a ``v0`` not shaped like the params (names the first mismatching leaf).
+      NonFiniteCurvatureError: a product held NaN or inf (names the step).
+    """
+    k, max_iterations = krylov_sizes("lanczos", op.dim, k, max_iterations)
+    if which not in ("top", "bottom"):
+        raise ConfigError("lanczos", f"which must be 'top' or 'bottom', got {which!r}")
+    key = jax.random.PRNGKey(0) if key is None else key
+    start_key, restart_key = jax.random.split(key)
+    start = _start_vector("lanczos", op, v0, start_key)
+    largest = which == "top"
+    state = initial_state(start, min(max_iterations, max(2 * k, 16)))
+    state = _run_growing(op, state, restart_key, tol, k=k, largest=largest, max_iterations=max_iterations)
+    values, vectors, residuals = _ritz_pairs(state, k=k, largest=largest)
+    _, unflatten = flatten_params(op.params)
+    return Eigenpairs(values, jax.vmap(unflatten)(vectors), residuals, int(state.step), bool(state.converged))
