@@ -283,7 +283,8 @@ def _compare_leaf(leaf: Any, spec: Any, path: str, leading: tuple, context: str,
     if dtypes:
         want_kind, got_kind = dtype_kind(spec_dtype), dtype_kind(got_dtype)
         if want_kind != got_kind:
-            raise _Mismatch(path, f"expected a {want_kind} dtype like {spec_dtype}, got {got_dtype}")
+            article = "an" if want_kind[0] in "aeiou" else "a"
+            raise _Mismatch(path, f"expected {article} {want_kind} dtype like {spec_dtype}, got {got_dtype}")
 
 
 def _compare(tree: Any, spec: Any, path: str, leading: tuple, context: str, dtypes: bool) -> None:

@@ -67,7 +67,8 @@ def repeat(block: Layer, count: int, *, remat: bool | int = False) -> Layer:
 
     def apply(params, x, *, key=None, train=False):
         x = check_input(name, x)
-        check_like(params, block_params(x.shape[1:]), layer=name, leading=count, context=note)
+        features = x.shape[1:] if x.ndim >= 2 else x.shape  # one example, under vmap, has no batch axis
+        check_like(params, block_params(features), layer=name, leading=count, context=note)
         return _scan_copies(block, count, segment, params, x, key, train)
 
     def graph(params):

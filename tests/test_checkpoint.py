@@ -105,7 +105,7 @@ def test_a_tree_that_does_not_fit_the_model_is_refused(tmp_path, key):
     path = checkpoint.save(tmp_path / "ckpt", params)
     _, wider = pn.serial(pn.Dense(9), pn.ReLU(), pn.Dropout(0.1), pn.Dense(3)).init(key, (-1, 4))
     with pytest.raises(
-        pn.CheckpointError, match=r"load: .*ckpt.npz\[0\]\['b'\]: expected shape \(9,\), got \(8,\)"
+        pn.CheckpointError, match=r"load at .*ckpt.npz\[0\]\['b'\]: expected shape \(9,\), got \(8,\)"
     ):
         checkpoint.load(path, like=wider)
     _, deeper = pn.serial(pn.Dense(8), pn.ReLU(), pn.Dense(8), pn.Dense(3)).init(key, (-1, 4))
@@ -121,7 +121,7 @@ def test_a_tree_that_does_not_fit_the_model_is_refused(tmp_path, key):
         checkpoint.load(path, like=as_half)
     as_int = jax.tree_util.tree_map(lambda a: a.astype(jnp.int32), params)
     with pytest.raises(
-        pn.CheckpointError, match=r"ckpt.npz\[0\]\['b'\]: expected a integer dtype like int32, got float32"
+        pn.CheckpointError, match=r"ckpt.npz\[0\]\['b'\]: expected an integer dtype like int32, got float32"
     ):
         checkpoint.load(path, like=as_int)
     with pytest.raises(pn.CheckpointError, match="save: metadata must be JSON-serializable"):
@@ -218,7 +218,7 @@ def test_resuming_into_another_model_is_refused(tmp_path, key):
     _, params = other.init(key, (-1, 64))
     with pytest.raises(
         pn.CheckpointError,
-        match=r"load: .*run.npz\['opt_state'\]\[0\]\.mu\[0\]\['b'\]: expected shape \(16,\), got \(32,\)",
+        match=r"load at .*run.npz\['opt_state'\]\[0\]\.mu\[0\]\['b'\]: expected shape \(16,\), got \(32,\)",
     ):
         pn.fit(
             other, params, data.x_train, data.y_train, loss=pn.softmax_cross_entropy, optimizer=optax.adam(1e-3),

@@ -432,7 +432,7 @@ def test_k_beyond_the_dimension_and_bad_sizes_are_refused(small):
         cv.hessian_operator(f, params, batch_size=4)
     with pytest.raises(
         pn.ParamsError,
-        match=r"hessian_operator at data: every leaf of data needs the same leading axis, got lengths \[4, 5\]",
+        match=r"hessian_operator: every leaf of data needs the same leading axis, got lengths \[4, 5\]",
     ):
         cv.hessian_operator(lambda p, b: f(p), params, (jnp.zeros((5, 2)), jnp.zeros(4)))
 
