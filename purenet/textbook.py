@@ -76,10 +76,12 @@ def textbook_mlp_gradient(
     pairs = list(zip(params[::2], units))  # (the Dense params, the unit after them)
     # Algorithm 6.3: the forward pass, keeping a(k) and h(k).
     h = [x]
-    a = []
+    a, unit_pullbacks = [], []  # a unit's pullback holds its f'(a), as the book's stored a(k) does
     for p, unit in pairs:
         a.append(p["b"] + h[-1] @ p["w"])
-        h.append(a[-1] if unit is None else unit.reference.value((), a[-1]))
+        value, pullback = (a[-1], None) if unit is None else unit.reference.forward((), a[-1])
+        h.append(value)
+        unit_pullbacks.append(pullback)
     cost, g = loss_reference(loss).value_and_grad(h[-1], targets)
     penalty_grad = None
     if regularizer is not None:
@@ -90,7 +92,7 @@ def textbook_mlp_gradient(
     for k in reversed(range(len(pairs))):
         p, unit = pairs[k]
         if unit is not None:
-            f_prime = unit.reference.bprop((), a[k], np.ones_like(a[k]))[1]
+            f_prime = unit_pullbacks[k](np.ones_like(a[k]))[1]
             g = g * f_prime
         grad_b = g.sum(axis=0)
         grad_w = h[k].T @ g
