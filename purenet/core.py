@@ -157,6 +157,9 @@ class Layer:
         """A copy with the given fields changed."""
         return dataclasses.replace(self, **changes)
 
+    def __repr__(self) -> str:
+        return f"Layer({self.name})"
+
 
 # --------------------------------------------------------------------------
 # Errors
