@@ -87,18 +87,28 @@ class Reference:
         """A layer's reference from a NumPy forward and a ``bprop(params, x, g_y) -> (g_params, g_x)``."""
         return cls(lambda params, x: (np_apply(params, x), lambda g: bprop(params, x, g)), kinks)
 
+    def run(self, *args: Any, owner: str = "reference") -> tuple[Any, Pullback]:
+        """``forward(*args)``, refused naming ``owner`` unless it returned ``(value, callable pullback)``."""
+        result = self.forward(*args)
+        if not (isinstance(result, tuple) and len(result) == 2 and callable(result[1])):
+            got = f"a tuple of {len(result)}" if isinstance(result, tuple) else describe_tree(result)
+            raise MissingReferenceError(
+                owner, f"its reference's forward must return (value, pullback: g -> gradients), got {got}"
+            )
+        return result
+
     def value(self, *args: Any) -> Any:
         """The forward's value alone (a layer's output, a loss's or penalty's value)."""
-        return self.forward(*args)[0]
+        return self.run(*args)[0]
 
     def bprop(self, *args: Any) -> Any:
         """``bprop(*args, g)``: the backward at ``args`` for the upstream gradient ``g``."""
         *inputs, g = args
-        return self.forward(*inputs)[1](g)
+        return self.run(*inputs)[1](g)
 
     def value_and_grad(self, *args: Any) -> tuple[Any, Any]:
         """For a scalar (a loss, a penalty): ``(value, gradient)``, the pullback of 1."""
-        value, pullback = self.forward(*args)
+        value, pullback = self.run(*args)
         return value, pullback(1.0)
 
 

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from purenet.core import Layer, MissingReferenceError, Params, Reference, check_like, located
+from purenet.core import Layer, MissingReferenceError, Params, Reference, check_like, describe_tree, located
 from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
 from purenet.shapes import as_float64
@@ -120,9 +120,9 @@ def checked_pullback(name: str, params: Params, x: Any, pullback: Callable) -> C
     def checked(g):
         result = pullback(g)
         if not isinstance(result, tuple) or len(result) != 2:
-            raise MissingReferenceError(
-                name, f"the reference's backward must return (g_params, g_x), got {type(result).__name__}"
-            )
+            got = f"a tuple of {len(result)}" if isinstance(result, tuple) else describe_tree(result)
+            message = f"the reference's backward must return (g_params, g_x), got {got}"
+            raise MissingReferenceError(name, message)
         check_like(result[0], params, layer=name, what="the backward's g_params")
         check_like(result[1], x, layer=name, what="the backward's g_x")
         return result
@@ -143,7 +143,8 @@ def graph_forward(graph: Graph, params: Params, x: Any) -> tuple[list, list]:
     for node in graph.nodes:
         with located(_step(node.params_key)):
             reference = require_reference(node.name, node.reference)
-            value, pullback = reference.forward(_node_params(graph, node, params), _node_input(node, values))
+            node_params, node_x = _node_params(graph, node, params), _node_input(node, values)
+            value, pullback = reference.run(node_params, node_x, owner=node.name)
         values.append(value)
         pullbacks.append(pullback)
     return values, pullbacks
@@ -300,7 +301,7 @@ def reference_pass(
     reference = require_reference(model.name, model.reference)
     check_like(params, params_template(model, x), layer=model.name)
     params, x, targets = as_float64(params), as_float64(x), as_float64(targets)
-    outputs, pullback = reference.forward(params, x)
+    outputs, pullback = reference.run(params, x, owner=model.name)
     value, g_outputs = loss_reference(loss).value_and_grad(outputs, targets)
     g_params, g_x = checked_pullback(model.name, params, x, pullback)(g_outputs)
     if regularizer is not None:

@@ -79,7 +79,7 @@ def textbook_mlp_gradient(
     a, unit_pullbacks = [], []  # a unit's pullback holds its f'(a), as the book's stored a(k) does
     for p, unit in pairs:
         a.append(p["b"] + h[-1] @ p["w"])
-        value, pullback = (a[-1], None) if unit is None else unit.reference.forward((), a[-1])
+        value, pullback = (a[-1], None) if unit is None else unit.reference.run((), a[-1], owner=unit.name)
         h.append(value)
         unit_pullbacks.append(pullback)
     cost, g = loss_reference(loss).value_and_grad(h[-1], targets)

@@ -225,3 +225,17 @@ def test_a_users_reference_returning_the_wrong_tree_inside_a_network_is_located(
     with pytest.raises(pn.ParamsError) as caught:
         pn.reference_gradient(model, params, np.ones((2, 4)), np.zeros((2, 2)), pn.mean_squared_error)
     assert str(caught.value) == "MyLinear at params[2], the backward's g_params: expected keys ['w'], got ['extra', 'w']"
+
+
+def test_a_reference_that_breaks_the_protocol_is_refused_naming_the_layer(key):
+    no_pullback = pn.Tanh().replace(reference=pn.Reference(lambda p, z: np.tanh(z)))
+    model = pn.serial(pn.Dense(3), no_pullback)
+    params = model.init(key, (-1, 2))[1]
+    expected = r"Tanh at params\[1\]: its reference's forward must return \(value, pullback: g -> gradients\), got an array"
+    with pytest.raises(pn.MissingReferenceError, match=expected):
+        pn.reference_gradient(model, params, np.ones((2, 2)), np.zeros((2, 3)), pn.mean_squared_error)
+    with pytest.raises(pn.MissingReferenceError, match=r"^Tanh: its reference's forward must return"):
+        pn.check_layer(no_pullback, (2, 3))
+    for result, got in ((None, "None"), ((1, 2, 3), "a tuple of 3")):
+        with pytest.raises(pn.MissingReferenceError, match=rf"Dense\(3\): the reference's backward must return \(g_params, g_x\), got {got}"):
+            pn.check_layer(pn.Dense(3), (4, 2), bprop=lambda p, x, g, result=result: result)

@@ -202,7 +202,7 @@ def _layer_pullback(layer: Layer, bprop, np_apply, params, x) -> tuple[Any, Call
     if bprop is not None:
         outputs = None if np_apply is None else np_apply(params, x)
         return outputs, lambda g: bprop(params, x, g)
-    return layer.reference.forward(params, x)
+    return layer.reference.run(params, x, owner=layer.name)
 
 
 @cached
