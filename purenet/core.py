@@ -13,10 +13,8 @@ NumPy float64 returning a pullback (the backward, reusing the forward's
 values as micrograd's closures do), the distance to the nearest kink, and a
 slot for the second-order R-operator pass.
 
-``check_like`` is the one place trees are compared: apply's params, what a
-reference's backward returns, curvature vectors, stacked params and loaded
-checkpoints all go through it, and it names the first mismatching leaf.
-
+``check_like`` is the one place trees are compared (params, what a backward
+returns, curvature vectors, checkpoints); it names the first mismatching leaf.
 The argument, shape and input checks layers share are in ``purenet.shapes``.
 """
 
@@ -77,6 +75,11 @@ class Reference:
     kinks: Callable[..., float] | None = None
     rop: Callable[..., Any] | None = None
 
+    def __post_init__(self) -> None:
+        for field in ("forward", "kinks", "rop"):
+            if field == "forward" or getattr(self, field) is not None:
+                _require_callable("Reference", field, getattr(self, field))
+
     @classmethod
     def from_bprop(
         cls,
@@ -117,12 +120,10 @@ class InitPolicy:
     """Which initializer the weights feeding a unit get, and from whom.
 
     He initialization suits rectifiers and Glorot suits sigmoid and tanh
-    (Glorot and Bengio 2010; He et al. 2015): the choice belongs to the unit,
-    but the weights live in the layer before it.  So a unit states what it
-    prefers, a weight layer built *without* an explicit weight initializer
-    states how to rebuild itself with one, and ``serial`` (the one place that
-    knows which layer precedes which) joins the two.  A weight initializer
-    the user passed is never replaced: such a layer has ``rebuild=None``.
+    (Glorot and Bengio 2010; He et al. 2015): the unit chooses, but the
+    weights live in the layer before it.  A unit states what it prefers, a
+    weight layer built without a weight initializer how to rebuild itself
+    with one, and ``serial`` joins the two.  A user's initializer is kept.
 
     Attributes:
       prefers: for a unit, the initializer it wants for the weights before it.
@@ -163,12 +164,30 @@ class Layer:
     reference: Reference | None = None
     init_policy: InitPolicy = NO_INIT_POLICY
 
+    def __post_init__(self) -> None:  # a wrong field fails here, naming it, not deep inside a trace
+        if not isinstance(self.name, str):
+            raise ConfigError("Layer", f"name must be a string, got {type(self.name).__name__}")
+        _require_callable(self.name, "init", self.init)
+        _require_callable(self.name, "apply", self.apply)
+        children = self.children
+        if not (isinstance(children, tuple) and all(isinstance(c, Layer) for c in children)):
+            raise ConfigError(self.name, f"children must be a tuple of Layers, got {describe_tree(children)}")
+        for field, kind in (("reference", Reference), ("init_policy", InitPolicy)):
+            value, got = getattr(self, field), type(getattr(self, field)).__name__
+            if not (isinstance(value, kind) or (field == "reference" and value is None)):
+                raise ConfigError(self.name, f"{field} must be a purenet.{kind.__name__}, got {got}")
+
     def replace(self, **changes: Any) -> Layer:
         """A copy with the given fields changed."""
         return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:
         return f"Layer({self.name})"
+
+
+def _require_callable(owner: str, field: str, value: Any) -> None:
+    if not callable(value):
+        raise ConfigError(owner, f"{field} must be callable, got {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------
@@ -272,8 +291,7 @@ def describe_tree(tree: Any) -> str:
 class _Mismatch(Exception):  # noqa: N818 - internal signal, caught in check_like
     def __init__(self, path: str, message: str):
         super().__init__(message)
-        self.path = path
-        self.message = message
+        self.path, self.message = path, message
 
 
 def _shape_and_dtype(leaf: Any) -> tuple[tuple, Any]:
@@ -342,10 +360,8 @@ def check_like(
 ) -> int | None:
     """Check that ``tree`` has ``template``'s structure, leaf shapes and dtype kinds.
 
-    The one tree check of the library.  Structure means the same containers
-    (dict keys, tuple or list lengths) all the way down; every leaf must have
-    the template leaf's shape (after a leading axis, with ``leading``) and the
-    same dtype kind (floating, complex, integer, bool), any precision.
+    The same containers (dict keys, tuple or list lengths) all the way down;
+    each leaf the template leaf's shape (after ``leading``) and dtype kind.
 
     Args:
       tree: the tree to check (params, a gradient, a vector, a checkpoint).
@@ -360,11 +376,8 @@ def check_like(
       dtypes: also compare dtype kinds.
       error: the ``PurenetError`` subclass raised.
 
-    Returns:
-      The leading axis length when ``leading`` is given, else ``None``.
-
-    Raises:
-      ``error`` naming the first mismatching path, what was expected and what came.
+    Returns the leading axis length when ``leading`` is given, else ``None``;
+    raises ``error`` naming the first mismatching path, what was expected and what came.
     """
     count = _leading_count(tree, layer, what, error) if leading is True else leading
     prefix = () if count is None or count is False else (int(count),)

@@ -136,3 +136,29 @@ def test_summary_draws_no_random_numbers(key):
     assert "total parameters: 73" in pn.summary(model, (-1, 4))
     with pytest.raises(pn.ConfigError, match="summary: expected a purenet Layer, got str"):
         pn.summary("x", (-1, 4))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: pn.Layer(None, None), "layer: init must be callable, got NoneType"),
+        (lambda: pn.Layer(IDENTITY_INIT, IDENTITY_APPLY, children=[pn.ReLU()]), "layer: children must be a tuple of Layers, got a list of 1 entries"),
+        (lambda: pn.Layer(IDENTITY_INIT, IDENTITY_APPLY, reference=lambda p, x: x), "layer: reference must be a purenet.Reference, got function"),
+        (lambda: pn.Layer(IDENTITY_INIT, IDENTITY_APPLY, init_policy=3), "layer: init_policy must be a purenet.InitPolicy, got int"),
+        (lambda: pn.Layer(IDENTITY_INIT, IDENTITY_APPLY, name=3), "Layer: name must be a string, got int"),
+        (lambda: pn.Reference(None), "Reference: forward must be callable, got NoneType"),
+        (lambda: pn.Reference(lambda p, x: (x, None), kinks=0.0), "Reference: kinks must be callable, got float"),
+    ],
+)
+def test_a_record_built_with_a_wrong_field_is_refused_naming_it(build, message):
+    with pytest.raises(pn.ConfigError) as caught:
+        build()
+    assert str(caught.value) == message
+
+
+def IDENTITY_INIT(key, shape):
+    return shape, ()
+
+
+def IDENTITY_APPLY(params, x, **kwargs):
+    return x
