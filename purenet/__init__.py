@@ -79,6 +79,7 @@ from purenet.reference import reference_gradient
 from purenet.repeat import repeat
 from purenet.summary import count_params, summary
 from purenet.textbook import textbook_mlp_gradient
+from purenet.validate import DataError, checked, checking
 from purenet.train import (
     FitResult,
     NonFiniteLossError,
@@ -97,6 +98,7 @@ __all__ = [
     "AbsRect",
     "CGResult",
     "CheckpointError",
+    "DataError",
     "ConfigError",
     "Cos",
     "CurvatureOperator",
@@ -147,6 +149,8 @@ __all__ = [
     "cg_solve",
     "check_gradients",
     "check_layer",
+    "checked",
+    "checking",
     "check_like",
     "checkpoint",
     "count_params",

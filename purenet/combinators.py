@@ -46,6 +46,7 @@ from purenet.remat import segment_length
 from purenet.shapes import (
     check_input,
     check_params,
+    check_promised_shape,
     check_sequence_params,
     is_shape,
     normalize_shape,
@@ -130,12 +131,14 @@ def serial(*layers: Layer, remat: bool | int = False) -> Layer:
     def run(first, x, params, keys, train):
         for i, (p, k) in enumerate(zip(params, keys), start=first):
             with located(f"[{i}]"):
-                x = layers[i].apply(p, x, key=k, train=train)
+                y = layers[i].apply(p, x, key=k, train=train)
+                check_promised_shape(layers[i], x, y)
+            x = y
         return x
 
     def apply(params, x, *, key=None, train=False):
         params = check_sequence_params(name, params, len(layers))
-        keys = split_key(key, len(layers))
+        keys = split_key(key, len(layers), name)
         if segment is None:
             return run(0, x, params, keys, train)
         for first in range(0, len(layers), segment):

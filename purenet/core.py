@@ -20,14 +20,26 @@ The argument, shape and input checks layers share are in ``purenet.shapes``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from purenet.errors import (  # noqa: F401 - re-exported: purenet.core is where errors are imported from
+    ConfigError,
+    InputTypeError,
+    MissingReferenceError,
+    ParamsError,
+    PurenetError,
+    ShapeError,
+    describe_tree,
+    dtype_kind,
+    is_container,
+    located,
+)
 
 Shape = tuple  # a tuple of ints, with -1 or None for the batch axis
 Params = Any  # a pytree of arrays
@@ -177,6 +189,9 @@ class Layer:
             if not (isinstance(value, kind) or (field == "reference" and value is None)):
                 raise ConfigError(self.name, f"{field} must be a purenet.{kind.__name__}, got {got}")
 
+        # Shared behaviour of every layer, stated once (as Neural Tangents' stax decorator does):
+        object.__setattr__(self, "init", _checked_init(self.name, self.init))
+
     def replace(self, **changes: Any) -> Layer:
         """A copy with the given fields changed."""
         return dataclasses.replace(self, **changes)
@@ -185,107 +200,54 @@ class Layer:
         return f"Layer({self.name})"
 
 
+def _checked_init(owner: str, init: InitFn) -> InitFn:
+    """``init`` refusing a malformed key, and checking that it returns ``(shape, floating params)``.
+
+    An initializer returning integers would otherwise give integer params
+    that run (with another output) until ``jax.grad`` fails deep inside JAX.
+    """
+    if getattr(init, "_purenet_checked", False):
+        return init
+
+    @functools.wraps(init)
+    def checked(key, input_shape):
+        check_key(owner, key)
+        result = init(key, input_shape)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise ConfigError(owner, f"init must return (output_shape, params), got {describe_tree(result)}")
+        for path, leaf in jax.tree_util.tree_flatten_with_path(result[1])[0]:
+            dtype = _shape_and_dtype(leaf)[1]
+            if dtype_kind(dtype) != "floating":
+                raise ParamsError(
+                    owner,
+                    f"init built a leaf of dtype {dtype}; params must be floating point "
+                    "(does an initializer return integers?)",
+                    leaf=jax.tree_util.keystr(path),
+                )
+        return result
+
+    checked._purenet_checked = True  # type: ignore[attr-defined]
+    return checked
+
+
+def check_key(owner: str, key: Any, argument: str = "key") -> jax.Array:
+    """A JAX PRNG key (``jax.random.PRNGKey(n)``'s uint32 pair or a typed ``jax.random.key(n)``), returned."""
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return key
+        if key.dtype == np.uint32 and key.shape == (2,):
+            return key
+        got = f"an array of shape {tuple(key.shape)} ({key.dtype})"
+    else:
+        got = f"{key!r} ({type(key).__name__})"
+    raise InputTypeError(
+        owner, f"{argument} must be a PRNG key such as jax.random.PRNGKey(0) or jax.random.key(0), got {got}"
+    )
+
+
 def _require_callable(owner: str, field: str, value: Any) -> None:
     if not callable(value):
         raise ConfigError(owner, f"{field} must be callable, got {type(value).__name__}")
-
-
-# --------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------
-
-
-class PurenetError(Exception):
-    """Base of purenet's errors: names the layer and where in the model it sits.
-
-    ``path`` is the position in the params tree (and so in the model), built
-    outward as the error passes up through combinators: ``params[1]['block']``.
-    ``root`` names the tree the path runs in (``params``, or ``v``, or
-    ``g_params returned by the reference``).
-    """
-
-    def __init__(self, layer: str, message: str, leaf: str = "", root: str = "params"):
-        super().__init__(message)
-        self.layer = layer
-        self.message = message
-        self.leaf = leaf
-        self.root = root
-        self.path: list[str] = []
-
-    def __str__(self) -> str:
-        place = "".join(self.path)
-        if self.root == "params":
-            where = place + self.leaf
-            if not where:
-                return f"{self.layer}: {self.message}"
-            return f"{self.layer} at params{where}: {self.message}"
-        # Another tree (a gradient, a vector): its own path, after the layer's place in the model if any.
-        inside = f"{self.root}{self.leaf}"
-        return f"{self.layer} at {f'params{place}, ' if place else ''}{inside}: {self.message}"
-
-
-class ShapeError(PurenetError, ValueError):
-    """An input of the wrong rank or width, at init or at apply."""
-
-
-class ParamsError(PurenetError, ValueError):
-    """A params tree (or another tree that must match one) that does not fit."""
-
-
-class ConfigError(PurenetError, ValueError):
-    """A layer built with an argument out of range (a size below 1, say)."""
-
-
-class InputTypeError(PurenetError, TypeError):
-    """An input of the wrong dtype: integers where floats are needed."""
-
-
-class MissingReferenceError(PurenetError, TypeError):
-    """A layer or loss without the hand-derived reference a check or reference pass needs."""
-
-
-@contextlib.contextmanager
-def located(step: str) -> Iterator[None]:
-    """Prefix ``step`` (``"[2]"``, ``"['block']"``) to the path of any error raised inside."""
-    try:
-        yield
-    except PurenetError as error:
-        error.path.insert(0, step)
-        raise
-
-
-# --------------------------------------------------------------------------
-# The one tree check
-# --------------------------------------------------------------------------
-
-
-def dtype_kind(dtype: Any) -> str:
-    """``"floating"``, ``"complex"``, ``"integer"``, ``"bool"`` or ``"other"`` (bfloat16 is floating)."""
-    for kind, base in (("floating", jnp.floating), ("complex", jnp.complexfloating)):
-        if jnp.issubdtype(dtype, base):
-            return kind
-    if jnp.issubdtype(dtype, jnp.integer):
-        return "integer"
-    return "bool" if jnp.issubdtype(dtype, jnp.bool_) else "other"
-
-
-def _is_container(node: Any) -> bool:
-    return node is None or isinstance(node, (Mapping, list, tuple))
-
-
-def describe_tree(tree: Any) -> str:
-    """A short description of a tree node for error messages."""
-    if tree is None:
-        return "None"
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return f"a {type(tree).__name__}"
-    if isinstance(tree, (tuple, list)):
-        return f"a {type(tree).__name__} of {len(tree)} entries"
-    if isinstance(tree, Mapping):
-        return f"a dict with keys {sorted(map(str, tree))}"
-    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
-        return f"an array of shape {tuple(tree.shape)} ({tree.dtype})"
-    return f"a {type(tree).__name__}"
 
 
 class _Mismatch(Exception):  # noqa: N818 - internal signal, caught in check_like
@@ -301,7 +263,7 @@ def _shape_and_dtype(leaf: Any) -> tuple[tuple, Any]:
 
 
 def _compare_leaf(leaf: Any, spec: Any, path: str, leading: tuple, context: str, dtypes: bool) -> None:
-    if _is_container(leaf):
+    if is_container(leaf):
         raise _Mismatch(path, f"expected an array, got {describe_tree(leaf)}")
     try:
         got_shape, got_dtype = _shape_and_dtype(leaf)
@@ -336,7 +298,7 @@ def _compare(tree: Any, spec: Any, path: str, leading: tuple, context: str, dtyp
     elif spec is None:
         if tree is not None:
             raise _Mismatch(path, f"expected None, got {describe_tree(tree)}")
-    elif not _is_container(spec) and jax.tree_util.all_leaves([spec]):  # an array, a scalar, a spec
+    elif not is_container(spec) and jax.tree_util.all_leaves([spec]):  # an array, a scalar, a spec
         _compare_leaf(tree, spec, path, leading, context, dtypes)
     else:  # any other registered pytree node (a NamedTuple, an optax state): same treedef, then leaves
         tree_leaves, tree_def = jax.tree_util.tree_flatten_with_path(tree)

@@ -62,11 +62,21 @@ def check_policy(p: Any) -> Policy:
         raise ConfigError("policy", f"expected a purenet.Policy, got {type(p).__name__}")
     for field in ("param_dtype", "compute_dtype", "output_dtype"):
         value = getattr(p, field)
-        if str(np.dtype(jnp.dtype(value))) not in FLOAT_DTYPES:
+        if _dtype_name(value) not in FLOAT_DTYPES:
             raise ConfigError("policy", f"{field} must be one of {FLOAT_DTYPES}, got {value!r}")
     if not (np.isfinite(p.loss_scale) and p.loss_scale > 0):
         raise ConfigError("policy", f"loss_scale must be a positive finite number, got {p.loss_scale!r}")
     return p
+
+
+def _dtype_name(value: Any) -> str | None:
+    """The canonical name of a dtype given as a string or type, or ``None`` for something that is not one."""
+    if value is None:  # jnp.dtype(None) is the default float: not a choice the user made
+        return None
+    try:
+        return str(np.dtype(jnp.dtype(value)))
+    except (TypeError, ValueError):
+        return None
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:

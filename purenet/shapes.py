@@ -20,10 +20,13 @@ from purenet.core import (
     ConfigError,
     InitFn,
     InputTypeError,
+    Layer,
     Params,
     ParamsError,
+    PurenetError,
     Shape,
     ShapeError,
+    check_key,
     check_like,
     describe_tree,
 )
@@ -40,18 +43,43 @@ def require_positive_int(layer: str, argument: str, value: Any) -> int:
     return int(value)
 
 
+def require_initializers(layer: str, **initializers: Any) -> None:
+    """Each given initializer a callable ``(key, shape, dtype) -> array`` as in ``jax.nn.initializers``.
+
+    ``None`` means "the layer's default" and passes.
+    """
+    for argument, value in initializers.items():
+        if value is not None and not callable(value):
+            raise ConfigError(
+                layer,
+                f"{argument} must be an initializer (key, shape, dtype) -> array such as "
+                f"jax.nn.initializers.zeros, got {value!r} ({type(value).__name__})",
+            )
+
+
 def is_shape(shape: Any) -> bool:
     """Whether ``shape`` is one shape (a tuple of ints/None) rather than a tuple of shapes."""
     return isinstance(shape, (tuple, list)) and all(
-        d is None or isinstance(d, (int, np.integer)) for d in shape
+        d is None or (isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))) for d in shape
     )
 
 
 def normalize_shape(layer: str, shape: Any) -> Shape:
-    """Check one input shape and write its unknown (batch) axes as -1."""
+    """Check one input shape and write its unknown (batch) axes as -1.
+
+    Axis sizes are integers >= 0 (never bools), or -1/None for an unknown
+    axis; -5 is not a batch axis but a typo, and is refused.
+    """
     if not is_shape(shape) or len(shape) == 0:
-        raise ShapeError(layer, f"expected an input shape such as (-1, features), got {shape!r}")
-    return tuple(-1 if d is None else int(d) for d in shape)
+        raise ShapeError(layer, f"expected an input shape such as (-1, features) of integers, got {shape!r}")
+    normalized = tuple(-1 if d is None else int(d) for d in shape)
+    if any(d < -1 for d in normalized):
+        raise ShapeError(
+            layer,
+            f"expected an input shape of axis sizes >= 0, or -1 (None) for an unknown batch axis, "
+            f"got {tuple(shape)!r}",
+        )
+    return normalized
 
 
 def feature_width(layer: str, shape: Any, min_rank: int = 1) -> int:
@@ -161,8 +189,57 @@ def sum_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def split_key(key: jax.Array | None, count: int) -> list[jax.Array | None]:
-    """Split an optional PRNG key into ``count`` keys (``None`` stays ``None``)."""
+def split_key(key: jax.Array | None, count: int, owner: str = "apply") -> list[jax.Array | None]:
+    """Split an optional PRNG key into ``count`` keys (``None`` stays ``None``); refuse a malformed one."""
     if key is None:
         return [None] * count
-    return list(jax.random.split(key, count))
+    return list(jax.random.split(check_key(owner, key), count))
+
+
+# --------------------------------------------------------------------------
+# The contract between a child's init and its apply
+# --------------------------------------------------------------------------
+
+
+def _shape_of(x: Any) -> Any:
+    """An input's shape, or a tuple of shapes for a tuple of inputs (after fan_out)."""
+    if isinstance(x, (tuple, list)):
+        return tuple(_shape_of(part) for part in x)
+    return tuple(np.shape(x))
+
+
+@functools.lru_cache(maxsize=4096)
+def _promised_shape(init: InitFn, input_shape: Any) -> Any:
+    """The output shape ``init`` promises for ``input_shape`` (shapes only: ``jax.eval_shape``)."""
+    promised = []
+    jax.eval_shape(lambda key: promised.append(init(key, input_shape)[0]), jax.random.PRNGKey(0))
+    return promised[0]
+
+
+def _fits(promised: Any, got: Any) -> bool:
+    if is_shape(promised) and is_shape(got):
+        return len(promised) == len(got) and all(p in (-1, None) or p == g for p, g in zip(promised, got))
+    if isinstance(promised, (tuple, list)) and isinstance(got, tuple) and len(promised) == len(got):
+        return all(_fits(p, g) for p, g in zip(promised, got))
+    return False
+
+
+def check_promised_shape(layer: Layer, x: Any, y: Any) -> None:
+    """Refuse an ``apply`` whose output shape is not the one its ``init`` promised for ``x``.
+
+    Checked at trace time (shapes only, cached per input shape), so a user's
+    unit that changes its width fails here, naming itself, instead of
+    surfacing as a wrong shape or as the next layer's params error.
+    """
+    input_shape = _shape_of(x)
+    try:
+        promised = _promised_shape(layer.init, input_shape)
+    except PurenetError:  # an init that cannot state it for this input: nothing promised to hold it to
+        return
+    got = _shape_of(y)
+    if not _fits(promised, got):
+        raise ShapeError(
+            layer.name,
+            f"apply returned shape {got} for an input of shape {input_shape}, but init promised {promised}; "
+            "a Layer's apply must return the shape its init states",
+        )

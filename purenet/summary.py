@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from purenet.core import ConfigError, Layer, Params, Shape, located
+from purenet.core import ConfigError, Layer, Params, ParamsError, Shape, describe_tree, located
 
 
 @dataclasses.dataclass
@@ -44,8 +44,17 @@ _RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar(
 
 
 def count_params(params: Params) -> int:
-    """The number of scalar parameters in a params pytree."""
-    return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
+    """The number of scalar parameters in a params pytree (of arrays; anything else is refused)."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not hasattr(leaf, "shape") and not isinstance(leaf, (int, float, np.number)):
+            raise ParamsError(
+                "count_params",
+                f"expected a params pytree of arrays, got {describe_tree(leaf)}",
+                leaf=jax.tree_util.keystr(path),
+            )
+        total += int(np.prod(np.shape(leaf)))
+    return total
 
 
 def init_child(child: Layer, key: jax.Array, input_shape: Shape, step: str) -> tuple[Shape, Params]:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from purenet.core import ConfigError, InputTypeError, PurenetError, ShapeError
+from purenet.core import ConfigError, InputTypeError, PurenetError, ShapeError, check_key
 
 _CHECKING = contextvars.ContextVar("purenet_checking", default=False)
 
@@ -115,8 +115,9 @@ def checked(fn: Callable) -> Callable:
         if is_traced(args, kwargs):
             raise ConfigError(
                 "checked",
-                "a checked function compiles itself and raises on the host; call it outside jax.jit/grad/vmap, "
-                "or use jax.experimental.checkify.checkify(fn) inside `with purenet.checking():` there",
+                "a checked function compiles itself and raises on the host; call it outside "
+                "jax.jit/grad/vmap, or use jax.experimental.checkify.checkify(fn) inside "
+                "`with purenet.checking():` there",
             )
         error, out = compiled(*args, **kwargs)
         message = error.get()
@@ -135,7 +136,8 @@ def checked(fn: Callable) -> Callable:
 def require_nonempty(owner: str, argument: str, x: Any) -> None:
     """An array with at least one entry (a static, trace-time check)."""
     if np.size(x) == 0:
-        raise ShapeError(owner, f"{argument} is empty (shape {tuple(np.shape(x))}); expected at least one entry")
+        shape = tuple(np.shape(x))
+        raise ShapeError(owner, f"{argument} is empty (shape {shape}); expected at least one entry")
 
 
 def require_finite(owner: str, argument: str, x: Any, *, error: type[PurenetError] = DataError) -> None:
@@ -181,8 +183,7 @@ def require_in_interval(owner: str, argument: str, x: Any, low: float, high: flo
     require(
         owner,
         ok,
-        f"{argument} must lie in [{low:g}, {high:g}], got values from {{low}} to {{high}}"
-        " (or NaN)",
+        f"{argument} must lie in [{low:g}, {high:g}], got values from {{low}} to {{high}} (or NaN)",
         low=jnp.min(x),
         high=jnp.max(x),
     )
@@ -212,33 +213,23 @@ def require_number(
     low: float = -math.inf,
     high: float = math.inf,
     low_open: bool = False,
+    high_open: bool = False,
     integer: bool = False,
 ) -> float:
     """A constructor's number: a real (or integer) Python/NumPy scalar, finite, in range; returned."""
     kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    kind = "an integer" if integer else "a finite real number"
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    wanted = ("an integer" if integer else "a finite real number") + (
+        f" in {interval}" if (math.isfinite(low) or math.isfinite(high)) else ""
+    )
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
-        raise ConfigError(owner, f"{argument} must be {kind}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(owner, f"{argument} must be {wanted}, got {value!r} ({type(value).__name__})")
     number = int(value) if integer else float(value)
     below = number <= low if low_open else number < low
-    if not math.isfinite(number) or below or number > high:
-        bracket = "(" if low_open else "["
-        within = f" in {bracket}{low:g}, {high:g}]" if (math.isfinite(low) or math.isfinite(high)) else ""
-        raise ConfigError(owner, f"{argument} must be {kind}{within}, got {value!r}")
+    above = number >= high if high_open else number > high
+    if not math.isfinite(number) or below or above:
+        raise ConfigError(owner, f"{argument} must be {wanted}, got {value!r}")
     return number
 
 
-def require_key(owner: str, key: Any, argument: str = "key") -> jax.Array:
-    """A JAX PRNG key: ``jax.random.key(n)`` or the raw uint32 ``jax.random.PRNGKey(n)``."""
-    if isinstance(key, jax.Array) or isinstance(key, np.ndarray):
-        dtype = key.dtype
-        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and key.shape == ():
-            return key
-        if dtype == np.uint32 and key.shape == (2,):
-            return jnp.asarray(key)
-        got = f"an array of shape {tuple(key.shape)} ({dtype})"
-    else:
-        got = f"{key!r} ({type(key).__name__})"
-    raise InputTypeError(
-        owner, f"{argument} must be a PRNG key such as jax.random.PRNGKey(0) or jax.random.key(0), got {got}"
-    )
+require_key = check_key  # the key check lives beside Layer, whose init uses it

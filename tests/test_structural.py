@@ -43,5 +43,5 @@ def test_dropout_needs_a_key_when_training():
 
 @pytest.mark.parametrize("rate", [-0.1, 1.0, 2, "0.5"])
 def test_dropout_rate_out_of_range(rate):
-    with pytest.raises(pn.ConfigError, match="rate must be a probability in"):
+    with pytest.raises(pn.ConfigError, match=r"rate \(a probability\) must be a finite real number in \[0, 1\)"):
         pn.Dropout(rate)

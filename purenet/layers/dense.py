@@ -33,6 +33,7 @@ from purenet.shapes import (
     check_input,
     check_params_like_init,
     feature_width,
+    require_initializers,
     require_positive_int,
     sum_to_shape,
     with_width,
@@ -63,6 +64,7 @@ def Dense(
     """
     name = f"Dense({units})"
     units = require_positive_int(name, "units", units)
+    require_initializers(name, w_init=w_init, b_init=b_init)
     chosen_w_init = he_normal if w_init is None else w_init
 
     def init(key, input_shape):
@@ -130,6 +132,7 @@ def LowRankDense(
     name = f"LowRankDense({units}, rank={rank})"
     units = require_positive_int(name, "units", units)
     rank = require_positive_int(name, "rank", rank)
+    require_initializers(name, u_init=u_init, v_init=v_init, b_init=b_init)
     chosen_u_init = he_normal if u_init is None else u_init
 
     def init(key, input_shape):

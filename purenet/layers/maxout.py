@@ -31,6 +31,7 @@ from purenet.shapes import (
     check_input,
     check_params_like_init,
     feature_width,
+    require_initializers,
     require_positive_int,
     sum_to_shape,
     with_width,
@@ -63,6 +64,7 @@ def Maxout(
     name = f"Maxout({units}, pieces={pieces})"
     units = require_positive_int(name, "units", units)
     pieces = require_positive_int(name, "pieces", pieces)
+    require_initializers(name, w_init=w_init, b_init=b_init)
     chosen_w_init = _maxout_w_default if w_init is None else w_init
 
     def init(key, input_shape):

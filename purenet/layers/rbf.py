@@ -26,6 +26,7 @@ from purenet.shapes import (
     check_input,
     check_params_like_init,
     feature_width,
+    require_initializers,
     require_positive_int,
     with_width,
 )
@@ -64,6 +65,7 @@ def RBF(
     """
     name = f"RBF({units})"
     units = require_positive_int(name, "units", units)
+    require_initializers(name, w_init=w_init, sigma_init=sigma_init)
 
     def init(key, input_shape):
         width = feature_width(name, input_shape)

@@ -29,9 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import Initializer, InitPolicy, Layer, Reference
+from purenet.core import ConfigError, Initializer, InitPolicy, Layer, Reference
 from purenet.layers.activations import elementwise
-from purenet.shapes import check_input, check_params_like_init, feature_width, sum_to_shape
+from purenet.shapes import (
+    check_input,
+    check_params_like_init,
+    feature_width,
+    require_initializers,
+    sum_to_shape,
+)
+from purenet.validate import require_number
 
 he_normal = jax.nn.initializers.he_normal()
 
@@ -74,7 +81,7 @@ def AbsRect() -> Layer:
 
 def LeakyReLU(alpha: float = 0.01) -> Layer:
     """The leaky ReLU, g(z) = max(0, z) + alpha min(0, z) with alpha fixed; g'(0) = alpha."""
-    return _fixed_slope(f"LeakyReLU({alpha})", float(alpha))
+    return _fixed_slope(f"LeakyReLU({alpha})", require_number(f"LeakyReLU({alpha!r})", "alpha", alpha))
 
 
 def PReLU(
@@ -92,6 +99,9 @@ def PReLU(
       A Layer computing max(0, z) + alpha min(0, z) over the last axis.
     """
     name = "PReLU(shared)" if shared else "PReLU"
+    if not isinstance(shared, bool):
+        raise ConfigError("PReLU", f"shared must be True or False, got {shared!r}")
+    require_initializers(name, alpha_init=alpha_init)
 
     def alpha_shape(width):
         return () if shared else (width,)

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import ConfigError, Layer, Reference, ShapeError
+from purenet.core import ConfigError, Layer, Reference, ShapeError, check_key
 from purenet.shapes import check_input, check_no_params, normalize_shape
+from purenet.validate import require_number
 
 
 def Flatten() -> Layer:
@@ -54,8 +55,7 @@ def Dropout(rate: float) -> Layer:
       A parameter-free Layer whose ``apply`` needs ``key`` when ``train=True``.
     """
     name = f"Dropout({rate})"
-    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
-        raise ConfigError(name, f"rate must be a probability in [0, 1), got {rate!r}")
+    rate = require_number(name, "rate (a probability)", rate, low=0.0, high=1.0, high_open=True)
 
     def init(key, input_shape):
         return tuple(normalize_shape(name, input_shape)), ()
@@ -67,7 +67,7 @@ def Dropout(rate: float) -> Layer:
             return x
         if key is None:
             raise ConfigError(name, "train=True needs a PRNG key: apply(params, x, key=key, train=True)")
-        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        keep = jax.random.bernoulli(check_key(name, key), 1.0 - rate, x.shape)
         return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
     return Layer(init, apply, name=name, reference=IDENTITY_REFERENCE)
