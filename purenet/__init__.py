@@ -79,7 +79,6 @@ from purenet.reference import reference_gradient
 from purenet.repeat import repeat
 from purenet.summary import count_params, summary
 from purenet.textbook import textbook_mlp_gradient
-from purenet.validate import DataError, checked, checking
 from purenet.train import (
     FitResult,
     NonFiniteLossError,
@@ -91,6 +90,7 @@ from purenet.train import (
     fit,
     make_train_step,
 )
+from purenet.validate import DataError, checked, checking
 
 __version__ = "0.1.0"
 

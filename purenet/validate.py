@@ -205,6 +205,17 @@ def require_distributions(owner: str, argument: str, p: Any, tolerance: float = 
     )
 
 
+def _range_text(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    """ " in [0, 1)", " >= 0", " <= 1" or "" for the bounds a number must keep."""
+    if math.isfinite(low) and math.isfinite(high):
+        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if math.isfinite(low):
+        return f" {'>' if low_open else '>='} {low:g}"
+    if math.isfinite(high):
+        return f" {'<' if high_open else '<='} {high:g}"
+    return ""
+
+
 def require_number(
     owner: str,
     argument: str,
@@ -218,10 +229,8 @@ def require_number(
 ) -> float:
     """A constructor's number: a real (or integer) Python/NumPy scalar, finite, in range; returned."""
     kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    wanted = ("an integer" if integer else "a finite real number") + (
-        f" in {interval}" if (math.isfinite(low) or math.isfinite(high)) else ""
-    )
+    kind = "an integer" if integer else "a finite real number"
+    wanted = kind + _range_text(low, high, low_open, high_open)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
         raise ConfigError(owner, f"{argument} must be {wanted}, got {value!r} ({type(value).__name__})")
     number = int(value) if integer else float(value)

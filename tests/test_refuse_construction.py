@@ -284,3 +284,43 @@ def test_policy_refuses_unknown_or_non_floating_dtypes(dtype):
 def test_summary_refuses_what_is_not_a_layer(model):
     with pytest.raises(pn.ConfigError, match="summary: expected a purenet Layer"):
         pn.summary(model, (-1, 3))
+
+
+# --------------------------------------------------------------------------
+# The derivative checks: arguments that would make a check lie
+# --------------------------------------------------------------------------
+
+
+def _small_network():
+    model = pn.serial(pn.Dense(3), pn.Tanh(), pn.Dense(2))
+    _, params = model.init(KEY, (-1, 2))
+    return model, params, jnp.ones((4, 2)), jnp.array([0, 1, 0, 1])
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(eps=0.0), r"eps must be a finite real number in \(0, 1\], got 0.0"),
+        (dict(eps=math.nan), r"eps must be a finite real number in \(0, 1\], got nan"),
+        (dict(rtol=-1.0), r"rtol must be a finite real number >= 0, got -1.0"),
+        (dict(atol=math.inf), r"atol must be a finite real number >= 0, got inf"),
+        (dict(reference_rtol="1e-10"), r"reference_rtol must be a finite real number >= 0"),
+        (dict(directions=1.5), r"directions must be an integer >= 0, got 1.5"),
+        (dict(max_coordinates=0, directions=0), r"probe nothing"),
+    ],
+)
+def test_check_gradients_refuses_tolerances_that_would_make_it_lie(arguments, message):
+    model, params, x, y = _small_network()
+    with pytest.raises(pn.ConfigError, match=r"check_gradients\(serial\): " + message):
+        pn.check_gradients(model, params, x, y, pn.softmax_cross_entropy, **arguments)
+
+
+def test_checks_refuse_non_finite_points_naming_the_leaf():
+    model, params, x, y = _small_network()
+    params[2]["b"] = params[2]["b"].at[0].set(jnp.nan)
+    with pytest.raises(pn.DataError, match=r"check_gradients\(serial\): params\[2\]\['b'\] must be finite"):
+        pn.check_gradients(model, params, x, y, pn.softmax_cross_entropy)
+    with pytest.raises(pn.DataError, match=r"check_layer\(Tanh\): x must be finite, got 1 non-finite"):
+        pn.check_layer(pn.Tanh(), x=jnp.array([[0.5, jnp.inf]]))
+    with pytest.raises(pn.ConfigError, match=r"check_layer\(Tanh\): eps must be"):
+        pn.check_layer(pn.Tanh(), eps=-1e-5)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.check.engine import Tolerances, finish, leaf_names, three_way
+from purenet.check.engine import finish, leaf_names, three_way, tolerances
 from purenet.check.report import GradientReport
 from purenet.compiled import cached
 from purenet.core import Layer, MissingReferenceError, Reference
@@ -31,6 +31,7 @@ from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
 from purenet.reference import checked_pullback, reference_pass
 from purenet.shapes import as_float64, is_shape
+from purenet.validate import require_finite
 
 
 def check_gradients(
@@ -76,8 +77,10 @@ def check_gradients(
       A ``GradientReport``; ``print(report)`` shows the table.
     """
     subject = f"check_gradients({model.name})"
-    tol = Tolerances(reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
+    tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
     loss_ref = reference_loss if reference_loss is not None else loss
+    require_finite(subject, "params", params)
+    require_finite(subject, "x", x)
     with jax.enable_x64(True):
         params64, x64, targets64 = as_float64(params), as_float64(x), as_float64(targets)
         reference_side, margin = None, np.inf
@@ -171,10 +174,12 @@ def check_layer(
             "has no bprop to check; pass check_layer(layer, bprop=...), "
             "or build the layer with reference=Reference(forward)",
         )
-    tol = Tolerances(reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
+    tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
     rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
         params64, x64, g_out = _layer_point(layer, input_shape, params, x, seed, rng)
+        require_finite(subject, "params", params64)
+        require_finite(subject, "x", x64)
         ref_outputs, pullback = _layer_pullback(layer, bprop, np_apply, params64, x64)
         reference_side = (checked_pullback(layer.name, params64, x64, pullback)(g_out), ref_outputs)
         margin = np.inf

@@ -32,6 +32,8 @@ import numpy as np
 
 from purenet.check.report import Discrepancy, GradientCheckError, GradientReport, LeafCheck
 from purenet.compiled import cached
+from purenet.core import ConfigError
+from purenet.validate import require_number
 
 STENCIL = ((-2.0, 1.0), (-1.0, -8.0), (1.0, 8.0), (2.0, -1.0))  # (step multiple, weight / 12h)
 
@@ -194,6 +196,28 @@ class Tolerances:
     max_coordinates: int
     directions: int
     seed: int
+
+
+def tolerances(subject: str, *values: Any) -> Tolerances:
+    """``Tolerances(*values)`` after refusing, naming ``subject``, a value that would make the check lie.
+
+    A step of 0 or NaN gives NaN differences, a negative tolerance fails
+    everything, and probing no coordinate and no direction checks nothing.
+    """
+    tol = Tolerances(*values)
+    for field in ("reference_rtol", "fd_rtol", "atol"):
+        require_number(subject, _ARGUMENT.get(field, field), getattr(tol, field), low=0.0)
+    require_number(subject, "eps", tol.eps, low=0.0, low_open=True, high=1.0)
+    for field in ("max_coordinates", "directions", "seed"):
+        require_number(subject, field, getattr(tol, field), low=0, integer=True)
+    if tol.max_coordinates == 0 and tol.directions == 0:
+        raise ConfigError(
+            subject, "max_coordinates=0 and directions=0 probe nothing: a check of nothing cannot pass"
+        )
+    return tol
+
+
+_ARGUMENT = {"fd_rtol": "rtol"}  # the public keyword of each field, for the message
 
 
 def _compare_leaf(
