@@ -306,7 +306,7 @@ def _small_network():
         (dict(atol=math.inf), r"atol must be a finite real number >= 0, got inf"),
         (dict(reference_rtol="1e-10"), r"reference_rtol must be a finite real number >= 0"),
         (dict(directions=1.5), r"directions must be an integer >= 0, got 1.5"),
-        (dict(max_coordinates=0, directions=0), r"probe nothing"),
+        (dict(max_coordinates=0, directions=0), r"max_coordinates=0 and directions=0 probe nothing"),
     ],
 )
 def test_check_gradients_refuses_tolerances_that_would_make_it_lie(arguments, message):
