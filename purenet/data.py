@@ -16,6 +16,7 @@ import numpy as np
 
 from purenet.core import ConfigError, InputTypeError, ShapeError
 from purenet.shapes import require_positive_int
+from purenet.validate import require_number
 
 
 class Dataset(NamedTuple):
@@ -40,15 +41,32 @@ class Standardizer(NamedTuple):
 
     @classmethod
     def fit(cls, x: Any) -> Standardizer:
-        x = np.asarray(x, np.float64)
+        """The per-feature mean and std of ``x`` (at least one example, numeric, finite)."""
+        x, _ = check_arrays("Standardizer.fit", x, np.zeros(len(np.atleast_1d(np.asarray(x)))))
+        if len(x) == 0:
+            raise ShapeError("Standardizer.fit", f"x holds no examples (shape {x.shape})")
+        x = x.astype(np.float64)
         std = x.std(axis=0)
         return cls(x.mean(axis=0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
 
     def transform(self, x: Any) -> np.ndarray:
-        return ((np.asarray(x, np.float32) - self.mean) / self.std).astype(np.float32)
+        return ((self._features("transform", x) - self.mean) / self.std).astype(np.float32)
 
     def inverse(self, x: Any) -> np.ndarray:
-        return (np.asarray(x, np.float32) * self.std + self.mean).astype(np.float32)
+        return (self._features("inverse", x) * self.std + self.mean).astype(np.float32)
+
+    def _features(self, method: str, x: Any) -> np.ndarray:
+        """``x`` as float32, refused unless its examples have the fitted features' shape."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise InputTypeError(f"Standardizer.{method}", f"x must be numeric, got dtype {x.dtype}")
+        if x.shape[1:] != self.mean.shape:
+            raise ShapeError(
+                f"Standardizer.{method}",
+                f"expected examples of shape {self.mean.shape} like the fitted data, got x of shape "
+                f"{x.shape}",
+            )
+        return x.astype(np.float32)
 
 
 def check_arrays(
@@ -103,8 +121,10 @@ def train_test_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A seeded random split: ``(x_train, y_train, x_test, y_test)``."""
     x, y = check_arrays("train_test_split", x, y)
-    if not 0 < test_fraction < 1:
-        raise ConfigError("train_test_split", f"test_fraction must lie in (0, 1), got {test_fraction}")
+    require_number(
+        "train_test_split", "test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True
+    )
+    require_number("train_test_split", "seed", seed, low=0, integer=True)
     n_test = round(len(x) * test_fraction)
     if not 0 < n_test < len(x):
         raise ConfigError(

@@ -98,6 +98,8 @@ def mixed_precision(model: Layer, p: Policy | None = None) -> Layer:
     the policy.  The wrapped model has no init policy of its own: the
     initializers were settled when ``model`` was built.
     """
+    if not isinstance(model, Layer):
+        raise ConfigError("mixed_precision", f"expected a purenet Layer, got {type(model).__name__}")
     p = check_policy(policy() if p is None else p)
 
     def init(key, input_shape):

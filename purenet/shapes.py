@@ -102,7 +102,13 @@ def with_width(shape: Shape, width: int) -> Shape:
 
 def check_input(layer: str, x: Any, min_rank: int = 1) -> jax.Array:
     """Return ``x`` as an array after checking it is floating point of rank >= ``min_rank``."""
-    x = jnp.asarray(x)
+    refused = InputTypeError(layer, f"expected a floating-point array input, got {describe_tree(x)}")
+    if x is None or isinstance(x, (str, bytes, Mapping)):
+        raise refused
+    try:
+        x = jnp.asarray(x)
+    except (TypeError, ValueError):
+        raise refused from None
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise InputTypeError(
             layer,

@@ -94,7 +94,7 @@ def test_errors_name_the_problem():
     with pytest.raises(pn.InputTypeError, match="x must be numeric, got dtype <U1"):
         data.check_arrays("fit", np.array([["a"]]), np.ones(1))
     with pytest.raises(
-        pn.ConfigError, match=r"train_test_split: test_fraction must lie in \(0, 1\), got 1.5"
+        pn.ConfigError, match=r"train_test_split: test_fraction must be a finite real number in \(0, 1\), got 1.5"
     ):
         data.train_test_split(np.ones((4, 1)), np.ones(4), test_fraction=1.5)
     with pytest.raises(pn.ConfigError, match="test_fraction 0.1 of 3 examples leaves an empty part"):

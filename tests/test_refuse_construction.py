@@ -324,3 +324,45 @@ def test_checks_refuse_non_finite_points_naming_the_leaf():
         pn.check_layer(pn.Tanh(), x=jnp.array([[0.5, jnp.inf]]))
     with pytest.raises(pn.ConfigError, match=r"check_layer\(Tanh\): eps must be"):
         pn.check_layer(pn.Tanh(), eps=-1e-5)
+
+
+# --------------------------------------------------------------------------
+# Inputs that are not arrays; data helpers; wrappers
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("x", ["abc", None, {"x": 1.0}, b"\x00", [[1.0, "a"]]])
+def test_apply_refuses_inputs_that_are_not_arrays(x):
+    layer = pn.Dense(2)
+    _, params = layer.init(KEY, (-1, 3))
+    with pytest.raises(pn.InputTypeError, match=r"Dense\(2\): expected a floating-point array input, got"):
+        layer.apply(params, x)
+
+
+def test_standardizer_refuses_empty_non_finite_and_mismatched_data():
+    from purenet.data import Standardizer
+
+    with pytest.raises(pn.ShapeError, match=r"Standardizer.fit: x holds no examples"):
+        Standardizer.fit(np.zeros((0, 2)))
+    with pytest.raises(pn.ConfigError, match=r"Standardizer.fit: x holds NaN or inf in 1 example"):
+        Standardizer.fit(np.array([[np.nan, 1.0], [1.0, 2.0]]))
+    scaler = Standardizer.fit(np.array([[0.0, 1.0], [2.0, 3.0]]))
+    with pytest.raises(pn.ShapeError, match=r"Standardizer.transform: expected examples of shape \(2,\)"):
+        scaler.transform(np.ones((3, 5)))
+    with pytest.raises(pn.InputTypeError, match=r"Standardizer.inverse: x must be numeric"):
+        scaler.inverse(np.array([["a", "b"]]))
+
+
+@pytest.mark.parametrize("seed", ["a", -1, 1.5, None])
+def test_dataset_seeds_must_be_non_negative_integers(seed):
+    with pytest.raises(pn.ConfigError, match="train_test_split: seed must be an integer >= 0"):
+        pn.load_digits(seed=seed)
+
+
+def test_wrappers_refuse_what_is_not_a_layer_or_a_function():
+    with pytest.raises(pn.ConfigError, match="mixed_precision: expected a purenet Layer, got str"):
+        pn.mixed_precision("x", pn.policy())
+    with pytest.raises(pn.ConfigError, match="Swish: fn must be callable, got int"):
+        pn.elementwise("Swish", 3)
+    with pytest.raises(pn.ConfigError, match="Swish: np_derivative must be callable, got str"):
+        pn.elementwise("Swish", jnp.tanh, np_fn=np.tanh, np_derivative="1 - tanh^2")

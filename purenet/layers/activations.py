@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import NO_INIT_POLICY, Initializer, InitPolicy, Layer, Reference
+from purenet.core import NO_INIT_POLICY, ConfigError, Initializer, InitPolicy, Layer, Reference
 from purenet.shapes import check_input, check_no_params, feature_width
 
 glorot_normal = jax.nn.initializers.glorot_normal()
@@ -64,6 +64,12 @@ def elementwise(
       kink_distance: for a unit with kinks, the entrywise distance of z to
         the nearest kink (``np.abs`` for the rectifiers).
     """
+
+    if not isinstance(name, str):
+        raise ConfigError("elementwise", f"name must be a string, got {type(name).__name__}")
+    for argument, value in (("fn", fn), ("np_fn", np_fn), ("np_derivative", np_derivative)):
+        if (argument == "fn" or value is not None) and not callable(value):
+            raise ConfigError(name, f"{argument} must be callable, got {type(value).__name__}")
 
     def init(key, input_shape):
         feature_width(name, input_shape)
