@@ -45,42 +45,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from purenet.core import InputTypeError, MissingReferenceError, Reference, ShapeError
+from purenet.core import (
+    MissingReferenceError,
+    Reference,
+    ShapeError,
+)
 from purenet.layers.activations import np_sigmoid, np_softplus
-from purenet.shapes import check_input
-
-
-def _targets_like(loss: str, outputs: jax.Array, targets, float_targets: bool) -> jax.Array:
-    """Check targets of the same shape as the outputs (a trailing unit axis may be dropped)."""
-    targets = jnp.asarray(targets)
-    if targets.shape != outputs.shape:
-        raise ShapeError(
-            loss, f"expected targets of shape {outputs.shape} like the outputs, got {targets.shape}"
-        )
-    return targets.astype(outputs.dtype) if float_targets else targets
-
-
-def _integer_labels(loss: str, logits: jax.Array, labels) -> jax.Array:
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise InputTypeError(loss, f"expected integer class labels, got dtype {labels.dtype}")
-    if labels.shape != logits.shape[:-1]:
-        raise ShapeError(
-            loss,
-            f"expected labels of shape {logits.shape[:-1]} for logits of shape {logits.shape}, "
-            f"got {labels.shape}",
-        )
-    return labels
+from purenet.loss_targets import as_targets, integer_labels, loss_outputs, reference_targets, targets_like
+from purenet.validate import (
+    require_distributions,
+    require_in_interval,
+)
 
 
 def _mean_squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean of (outputs - targets)^2: a linear unit's loss (a unit-variance Gaussian NLL up to constants)."""
-    outputs = check_input("mean_squared_error", outputs)
-    targets = _targets_like("mean_squared_error", outputs, targets, float_targets=True)
+    outputs = loss_outputs("mean_squared_error", outputs)
+    targets = targets_like("mean_squared_error", outputs, targets, float_targets=True)
     return jnp.mean(optax.losses.squared_error(outputs, targets))
 
 
 def _mse_reference(z: np.ndarray, y: np.ndarray):
+    reference_targets("mean_squared_error", z, y)
     residual = z - y
     return np.mean(residual**2), 2.0 * residual / residual.size
 
@@ -88,18 +74,29 @@ def _mse_reference(z: np.ndarray, y: np.ndarray):
 def _binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """A sigmoid unit's NLL from its logit z: mean of zeta((1 - 2y) z) for y in {0, 1}.
 
-    Computed by optax through log-sigmoids, which is the softplus form
-    (eq. 6.23): finite and exact for logits of any magnitude.  Targets may
-    also be probabilities in [0, 1].
+    Written in the softplus form (eq. 6.23), per entry
+
+        y zeta(-z) + (1 - y) zeta(z),
+
+    with a term whose weight is 0 dropped rather than computed as 0 * inf:
+    finite and exact for logits of any magnitude, 0 at z = +inf with y = 1
+    (and at -inf with y = 0).  Targets may also be probabilities in [0, 1].
     """
-    logits = check_input("binary_cross_entropy", logits)
-    targets = _targets_like("binary_cross_entropy", logits, targets, float_targets=True)
-    return jnp.mean(optax.losses.sigmoid_binary_cross_entropy(logits, targets))
+    name = "binary_cross_entropy"
+    logits = loss_outputs(name, logits)
+    targets = targets_like(name, logits, targets, float_targets=True)
+    require_in_interval(name, "targets", targets, 0.0, 1.0)
+    positive = jnp.where(targets > 0, targets * jax.nn.softplus(-logits), 0.0)
+    negative = jnp.where(targets < 1, (1 - targets) * jax.nn.softplus(logits), 0.0)
+    return jnp.mean(positive + negative)
 
 
 def _bce_reference(z: np.ndarray, y: np.ndarray):
-    # -y log sigma(z) - (1 - y) log(1 - sigma(z)) = zeta(z) - y z
-    return np.mean(np_softplus(z) - y * z), (np_sigmoid(z) - y) / z.size
+    # -y log sigma(z) - (1 - y) log(1 - sigma(z)) = y zeta(-z) + (1 - y) zeta(z), zero-weight terms dropped
+    reference_targets("binary_cross_entropy", z, y, interval=(0.0, 1.0))
+    with np.errstate(invalid="ignore"):  # 0 * inf in the discarded branch of np.where
+        terms = np.where(y > 0, y * np_softplus(-z), 0.0) + np.where(y < 1, (1 - y) * np_softplus(z), 0.0)
+    return np.mean(terms), (np_sigmoid(z) - y) / z.size
 
 
 def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -111,12 +108,13 @@ def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         (one-hot, say) of the logits' shape.
     """
     name = "softmax_cross_entropy"
-    logits = check_input(name, logits)
-    labels = jnp.asarray(labels)
+    logits = loss_outputs(name, logits)
+    labels = as_targets(name, labels)
     if jnp.issubdtype(labels.dtype, jnp.floating):
-        labels = _targets_like(name, logits, labels, float_targets=True)
+        labels = targets_like(name, logits, labels, float_targets=True)
+        require_distributions(name, "labels", labels)
         return jnp.mean(optax.losses.softmax_cross_entropy(logits, labels))
-    labels = _integer_labels(name, logits, labels)
+    labels = integer_labels(name, logits, labels)
     return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
@@ -125,6 +123,7 @@ def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
 
 
 def _softmax_ce_reference(z: np.ndarray, labels: np.ndarray):
+    reference_targets("softmax_cross_entropy", z, labels, classes=True)
     shifted = z - z.max(axis=-1, keepdims=True)
     log_q = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     p = labels if np.issubdtype(labels.dtype, np.floating) else _one_hot(labels, z.shape[-1])
@@ -136,10 +135,11 @@ def _softmax_ce_reference(z: np.ndarray, labels: np.ndarray):
 def split_gaussian(outputs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Split a Gaussian unit's outputs (..., 2d) into the mean and the precision pre-activation rho."""
     width = outputs.shape[-1]
-    if width % 2:
+    if width % 2 or width == 0:
         raise ShapeError(
             "gaussian_nll",
-            f"expected outputs of even width 2d (d means, then d precision pre-activations), got {width}",
+            "expected outputs of even width 2d >= 2 (d means, then d precision pre-activations), "
+            f"got {width}",
         )
     return outputs[..., : width // 2], outputs[..., width // 2 :]
 
@@ -163,15 +163,16 @@ def _gaussian_nll(outputs: jax.Array, targets: jax.Array) -> jax.Array:
       targets: (..., d).
     """
     name = "gaussian_nll"
-    outputs = check_input(name, outputs)
+    outputs = loss_outputs(name, outputs)
     mean, rho = split_gaussian(outputs)
-    targets = _targets_like(name, mean, targets, float_targets=True)
+    targets = targets_like(name, mean, targets, float_targets=True)
     precision = jax.nn.softplus(rho)
     return jnp.mean(-0.5 * _log_softplus(rho) + 0.5 * precision * jnp.square(targets - mean))
 
 
 def _gaussian_nll_reference(outputs: np.ndarray, y: np.ndarray):
     width = outputs.shape[-1] // 2
+    reference_targets("gaussian_nll", outputs[..., :width], y)
     mean, rho = outputs[..., :width], outputs[..., width:]
     beta = np_softplus(rho)
     # As the JAX path: below rho = -30, softplus(rho) = e^rho to 1e-13, so log beta = rho
@@ -187,8 +188,8 @@ def _gaussian_nll_reference(outputs: np.ndarray, y: np.ndarray):
 def _multiclass_hinge(scores: jax.Array, labels: jax.Array) -> jax.Array:
     """The multiclass hinge loss (Crammer and Singer 2001): mean of max_j (z_j + [j != y]) - z_y."""
     name = "multiclass_hinge"
-    scores = check_input(name, scores)
-    labels = _integer_labels(name, scores, labels)
+    scores = loss_outputs(name, scores)
+    labels = integer_labels(name, scores, labels)
     return jnp.mean(optax.losses.multiclass_hinge_loss(scores, labels))
 
 
@@ -197,6 +198,7 @@ def _hinge_margins(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def _hinge_reference(z: np.ndarray, labels: np.ndarray):
+    reference_targets("multiclass_hinge", z, labels, classes=True)
     one_hot = _one_hot(labels, z.shape[-1])
     margins = _hinge_margins(z, labels)
     top = margins.max(axis=-1, keepdims=True)

@@ -21,7 +21,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import MissingReferenceError, Reference
+from purenet.core import ConfigError, MissingReferenceError, Reference
+from purenet.validate import is_traced, require_number
+
+
+def _skip_names(owner: str, skip: Any) -> tuple[str, ...]:
+    """``skip`` as a tuple of exact leaf names; a bare string is one name ("wb" skips "wb", not "w")."""
+    names = (skip,) if isinstance(skip, str) else skip
+    if not isinstance(names, (tuple, list, set, frozenset)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(owner, f"skip must be a name or a sequence of names of params leaves, got {skip!r}")
+    return tuple(names)
+
+
+def _scale(owner: str, scale: Any) -> float:
+    """lambda: a finite real >= 0 (a negative one would reward large weights).
+
+    A traced scale (a swept hyperparameter under vmap or jit) passes
+    unchecked, as every value check does under a trace; a concrete 0-d array is read.
+    """
+    if is_traced(scale):
+        return scale
+    if isinstance(scale, (jax.Array, np.ndarray)) and np.ndim(scale) == 0:
+        scale = np.asarray(scale).item()
+    return require_number(owner, "scale", scale, low=0.0)
 
 
 def _skipped(path: tuple, skip: Sequence[str]) -> bool:
@@ -45,6 +67,7 @@ def l2_penalty(params, scale: float, skip: Sequence[str] = ("b",)) -> jax.Array:
         default, since they need little data to fit and penalizing them can
         cause underfitting (section 7.1).
     """
+    scale, skip = _scale("l2_penalty", scale), _skip_names("l2_penalty", skip)
     return scale * 0.5 * sum(jnp.sum(jnp.square(w)) for w in _penalized_leaves(params, skip))
 
 
@@ -54,6 +77,7 @@ def l1_penalty(params, scale: float, skip: Sequence[str] = ("b",)) -> jax.Array:
     |w| is written w sign(w) so that its derivative at w = 0 is sign(0) = 0,
     the smallest subgradient (``jnp.abs`` would give 1 there).
     """
+    scale, skip = _scale("l1_penalty", scale), _skip_names("l1_penalty", skip)
     return scale * sum(jnp.sum(w * jnp.sign(w)) for w in _penalized_leaves(params, skip))
 
 
@@ -90,6 +114,10 @@ class L2Penalty:
     scale: float
     skip: tuple[str, ...] = ("b",)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", _scale("L2Penalty", self.scale))
+        object.__setattr__(self, "skip", _skip_names("L2Penalty", self.skip))
+
     def __call__(self, params) -> jax.Array:
         return l2_penalty(params, self.scale, self.skip)
 
@@ -107,6 +135,10 @@ class L1Penalty:
 
     scale: float
     skip: tuple[str, ...] = ("b",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", _scale("L1Penalty", self.scale))
+        object.__setattr__(self, "skip", _skip_names("L1Penalty", self.skip))
 
     def __call__(self, params) -> jax.Array:
         return l1_penalty(params, self.scale, self.skip)

@@ -37,6 +37,7 @@ from purenet.core import Layer, MissingReferenceError, Params, Reference, check_
 from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
 from purenet.shapes import as_float64
+from purenet.validate import require_finite
 
 # --------------------------------------------------------------------------
 # Algorithm 6.2 over a combinator's graph
@@ -300,6 +301,8 @@ def reference_pass(
     """``reference_gradient``'s result and ``margin()``, the network's kink distance, from one forward."""
     reference = require_reference(model.name, model.reference)
     check_like(params, params_template(model, x), layer=model.name)
+    require_finite(f"reference_gradient({model.name})", "params", params)
+    require_finite(f"reference_gradient({model.name})", "x", x)
     params, x, targets = as_float64(params), as_float64(x), as_float64(targets)
     outputs, pullback = reference.run(params, x, owner=model.name)
     value, g_outputs = loss_reference(loss).value_and_grad(outputs, targets)

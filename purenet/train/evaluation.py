@@ -15,23 +15,62 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purenet.compiled import cached
-from purenet.core import Layer
-from purenet.data import check_arrays
+from purenet.core import Layer, ShapeError
+from purenet.data import check_arrays, check_labels
+from purenet.loss_targets import as_targets, integer_labels, loss_outputs
 from purenet.precision import Policy, mixed_precision
 from purenet.shapes import require_positive_int
 from purenet.train.base import Loss, Metric
+from purenet.validate import require_in_interval
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """The fraction of examples whose largest logit is the label (softmax outputs, integer labels)."""
-    return jnp.mean(jnp.argmax(logits, axis=-1) == jnp.reshape(labels, logits.shape[:-1]))
+    """The fraction of examples whose largest logit is the label (softmax outputs, integer labels).
+
+    Needs at least 2 logits per example (for one sigmoid logit, ``binary_accuracy``)
+    and labels of the logits' leading shape, each in [0, classes).
+    """
+    logits = loss_outputs("accuracy", logits)
+    if logits.shape[-1] < 2:
+        raise ShapeError(
+            "accuracy",
+            f"expected at least 2 logits per example (one per class), got outputs of shape {logits.shape}; "
+            "for a single sigmoid logit use binary_accuracy",
+        )
+    labels = integer_labels("accuracy", logits, labels)
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
 
 def binary_accuracy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """The fraction of examples on the right side of logit 0 (a sigmoid unit, targets in {0, 1})."""
+    """The fraction of examples on the right side of logit 0 (a sigmoid unit, targets in {0, 1}).
+
+    Targets have the logits' shape (or, for one logit per example, its
+    leading shape); never reshaped from another shape of the same size.
+    """
+    logits = loss_outputs("binary_accuracy", logits)
+    targets = as_targets("binary_accuracy", targets)
+    if targets.shape != logits.shape and not (logits.shape[-1] == 1 and targets.shape == logits.shape[:-1]):
+        raise ShapeError(
+            "binary_accuracy",
+            f"expected targets of shape {logits.shape} like the logits, got {targets.shape}",
+        )
+    require_in_interval("binary_accuracy", "targets", targets, 0.0, 1.0)
     return jnp.mean((logits > 0) == (jnp.reshape(targets, logits.shape) > 0.5))
+
+
+def label_classes(model: Layer, params: Any, x: np.ndarray, y: np.ndarray, loss: Loss) -> int | None:
+    """For integer labels fed to a loss over class scores: the number of classes the model outputs.
+
+    The loss says so itself: ``loss.class_labels`` is true where integer
+    targets are class indices into the outputs' last axis (softmax cross
+    entropy, multiclass hinge, or a user's loss carrying the attribute).
+    """
+    if not getattr(loss, "class_labels", False) or y.dtype.kind not in "iu":
+        return None
+    return jax.eval_shape(lambda p, xb: model.apply(p, xb), params, x[:1]).shape[-1]  # shapes only
 
 
 def evaluate(
@@ -52,6 +91,11 @@ def evaluate(
     reuses the compiled evaluator: only batch shapes not seen before compile.
     """
     x, y = check_arrays("evaluate", x, y)
+    if len(x) == 0:
+        raise ShapeError("evaluate", f"x holds no examples (shape {x.shape}); a mean over none is undefined")
+    classes = label_classes(model, params, x, y, loss)
+    if classes is not None:
+        check_labels("evaluate", y, classes)
     batch_size = require_positive_int("evaluate", "batch_size", batch_size)
     compute = _evaluator(model, loss, tuple((metrics or {}).items()), policy)
     return _evaluate_batches(compute, params, x, y, batch_size)

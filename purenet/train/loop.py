@@ -46,7 +46,7 @@ from purenet.train.base import (
     StepOutput,
     TrainState,
 )
-from purenet.train.evaluation import _evaluate_batches, _evaluator
+from purenet.train.evaluation import _evaluate_batches, _evaluator, label_classes
 from purenet.train.step import _runner
 
 
@@ -155,7 +155,7 @@ def _prepare(
     x, y = check_arrays("fit", x, y)
     if x.shape[0] == 0:
         raise ConfigError("fit", "the training set is empty")
-    classes = _label_classes(model, params, x, y, loss)
+    classes = label_classes(model, params, x, y, loss)
     if classes is not None:
         check_labels("fit", y, classes)
     batch_size = min(batch_size, x.shape[0])
@@ -263,18 +263,6 @@ def _record_epoch(
         )
         for name, value in figures.items():
             history.setdefault(f"val_{name}", []).append(value)
-
-
-def _label_classes(model: Layer, params: Any, x: np.ndarray, y: np.ndarray, loss: Loss) -> int | None:
-    """For integer labels fed to a loss over class scores: the number of classes the model outputs.
-
-    The loss says so itself: ``loss.class_labels`` is true where integer
-    targets are class indices into the outputs' last axis (softmax cross
-    entropy, multiclass hinge, or a user's loss carrying the attribute).
-    """
-    if not getattr(loss, "class_labels", False) or y.dtype.kind not in "iu":
-        return None
-    return jax.eval_shape(lambda p, xb: model.apply(p, xb), params, x[:1]).shape[-1]  # shapes only
 
 
 def _device_data_budget() -> int:
