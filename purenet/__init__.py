@@ -82,6 +82,7 @@ from purenet.textbook import textbook_mlp_gradient
 from purenet.train import (
     FitResult,
     NonFiniteLossError,
+    ResumeError,
     StepOutput,
     TrainState,
     accuracy,
@@ -125,6 +126,7 @@ __all__ = [
     "MissingReferenceError",
     "NonFiniteCurvatureError",
     "NonFiniteLossError",
+    "ResumeError",
     "OUTPUT_UNITS",
     "OutputUnit",
     "PReLU",

@@ -217,8 +217,9 @@ def test_resuming_into_another_model_is_refused(tmp_path, key):
     other = pn.serial(pn.Dense(16), pn.ReLU(), pn.Dense(10))
     _, params = other.init(key, (-1, 64))
     with pytest.raises(
-        pn.CheckpointError,
-        match=r"load at .*run.npz\['opt_state'\]\[0\]\.mu\[0\]\['b'\]: expected shape \(16,\), got \(32,\)",
+        pn.ResumeError,
+        match=r"fit: resuming from .*run' refused: this run differs in the params tree .*"
+        r"first at params\[0\]\['b'\]: \(32,\) float32 saved, \(16,\) float32 now",
     ):
         pn.fit(
             other, params, data.x_train, data.y_train, loss=pn.softmax_cross_entropy, optimizer=optax.adam(1e-3),

@@ -5,7 +5,7 @@ The package is split by concern, its imports running one way:
 <- ``evaluation`` (metrics, ``evaluate``) and ``loop`` (``fit``).
 """
 
-from purenet.train.base import FitResult, NonFiniteLossError, StepOutput, TrainState
+from purenet.train.base import FitResult, NonFiniteLossError, ResumeError, StepOutput, TrainState
 from purenet.train.evaluation import accuracy, binary_accuracy, evaluate
 from purenet.train.loop import _mesh_shardings as _mesh_shardings  # tests/test_mesh.py reads it here
 from purenet.train.loop import fit
@@ -16,6 +16,7 @@ from purenet.train.step import make_train_step
 __all__ = [
     "FitResult",
     "NonFiniteLossError",
+    "ResumeError",
     "StepOutput",
     "TrainState",
     "accuracy",

@@ -65,6 +65,10 @@ class NonFiniteLossError(PurenetError, ArithmeticError):
         self.history = history or {}
 
 
+class ResumeError(PurenetError, ValueError):
+    """``fit`` refused to resume a checkpoint (another run's, impossible metadata), or found none."""
+
+
 __all__ = [
     "DEVICE_DATA_BYTES",
     "DEVICE_DATA_FRACTION",
@@ -73,6 +77,7 @@ __all__ = [
     "Loss",
     "Metric",
     "NonFiniteLossError",
+    "ResumeError",
     "StepOutput",
     "TrainState",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -31,8 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from purenet import checkpoint
-from purenet.core import ConfigError, Layer
+from purenet.core import ConfigError, Layer, ShapeError, check_key, describe_tree
 from purenet.data import check_arrays, check_labels
 from purenet.precision import Policy, check_policy
 from purenet.shapes import require_positive_int
@@ -47,6 +47,7 @@ from purenet.train.base import (
     TrainState,
 )
 from purenet.train.evaluation import _evaluate_batches, _evaluator, label_classes
+from purenet.train.resume import check_resume_policy, check_writable, configuration, save, start
 from purenet.train.step import _runner
 
 
@@ -56,7 +57,7 @@ def fit(
     validation: tuple[Any, Any] | None = None, metrics: Mapping[str, Metric] | None = None,
     steps_per_dispatch: int | None = None, policy: Policy | None = None, on_nonfinite: str = "stop",
     mesh: Mesh | None = None, data_axis: str = "data", checkpoint_path: str | os.PathLike | None = None,
-    progress: bool | None = None,
+    resume: str = "auto", progress: bool | None = None,
 ) -> FitResult:  # fmt: skip
     """Train for ``epochs`` passes over (x, y) in minibatches reshuffled from ``key`` each epoch.
 
@@ -78,10 +79,18 @@ def fit(
         quarter of device memory (1 GiB if unreported) is fed from the host.
       mesh, data_axis: train data-parallel over ``mesh``'s axis ``data_axis``;
         ``batch_size`` must be a multiple of that axis' size.
-      checkpoint_path: save params, optimizer state, PRNG key and history
-        there (atomically) after every epoch; if a checkpoint is already
-        there, resume from it.  Resuming gives bit-identical params to an
-        uninterrupted run on the same device.
+      checkpoint_path: save params, optimizer state, PRNG key, history and
+        the run's configuration there (atomically) after every epoch
+        (layout: docs/checkpoints.md).  Its directory must be writable
+        (checked before the first step).  Resuming gives bit-identical params
+        to an uninterrupted run on the same device.
+      resume: ``"auto"``: resume a checkpoint found at ``checkpoint_path``,
+        saying from which epoch in one line on stderr; ``"never"``: start
+        over and overwrite it (saying so); ``"require"``: raise
+        ``ResumeError`` when there is none.  A checkpoint of another run
+        (other params tree, optimizer state structure, batch size or injected
+        hyperparameters), or of more epochs than asked, is refused with a
+        ``ResumeError`` naming what differs (``purenet.train.resume``).
       progress: a tqdm progress bar with the loss and examples per second;
         default: shown when stderr is a terminal and ``CI`` is not set.
 
@@ -91,14 +100,24 @@ def fit(
     Raises:
       NonFiniteLossError: with ``on_nonfinite="stop"``: names the step and
         holds the last good params and optimizer state.
+      ResumeError: a checkpoint that cannot be resumed, as ``resume`` says.
+
+    fit's own guard and ``optax.apply_if_finite``: fit's guard decides first
+    and never hands a non-finite step to the optimizer, so an
+    ``apply_if_finite`` inside it never sees one (its ``max_consecutive_errors``
+    is never reached).  fit says so in a warning; ``on_nonfinite="skip"`` is
+    its equivalent, and ``history["skipped"]`` counts the skipped steps.
     """
-    epochs = require_positive_int("fit", "epochs", epochs)
+    epochs, resume = require_positive_int("fit", "epochs", epochs), check_resume_policy(resume)
+    key = check_key("fit", key)
+    if checkpoint_path is not None:
+        check_writable(checkpoint_path)
     plan = _prepare(
         model, params, x, y, loss=loss, optimizer=optimizer, batch_size=batch_size, regularizer=regularizer,
         validation=validation, metrics=metrics, steps_per_dispatch=steps_per_dispatch, policy=policy,
         on_nonfinite=on_nonfinite, mesh=mesh, data_axis=data_axis,
     )  # fmt: skip
-    state, key, history, start_epoch = _start(plan, params, optimizer, key, checkpoint_path)
+    state, key, history, start_epoch = _start(plan, params, optimizer, key, checkpoint_path, resume, epochs)
     bar = _progress_bar(progress, total=(epochs - start_epoch) * plan.steps_per_epoch * plan.batch_size)
     try:
         for epoch in range(start_epoch, epochs):
@@ -130,6 +149,7 @@ class _Plan(NamedTuple):
     replicated: NamedSharding | None  # the state's sharding on a mesh
     run: Callable  # the compiled loop: run(state, x, y, indices, keys) -> (state, StepOutput)
     evaluate_on: Callable  # the compiled evaluator of the validation data
+    config: dict  # what its checkpoints record about the run (purenet.train.resume.configuration)
 
 
 def _prepare(
@@ -165,8 +185,9 @@ def _prepare(
     steps_per_dispatch = min(
         require_positive_int("fit", "steps_per_dispatch", steps_per_dispatch), steps_per_epoch
     )
+    _check_shapes_before_training(model, params, x, y, loss)
     if validation is not None:
-        validation = check_arrays("fit", *validation, num_classes=classes)
+        validation = _check_validation(validation, x, y, classes)
     policy = None if policy is None else check_policy(policy)
 
     replicated = batch_sharding = None
@@ -188,19 +209,25 @@ def _prepare(
         replicated,
         run,
         evaluate_on,
+        {},
     )
 
 
 def _start(
-    plan: _Plan, params: Any, optimizer: optax.GradientTransformation, key: jax.Array, checkpoint_path
+    plan: _Plan,
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    checkpoint_path,
+    resume,
+    epochs,
 ) -> tuple[TrainState, jax.Array, dict[str, list[float]], int]:
-    """The state, key, history and epoch to start from: fresh, or resumed from ``checkpoint_path``."""
+    """The state, key, history and epoch to start from: fresh, or resumed (``purenet.train.resume``)."""
     params = jax.tree_util.tree_map(lambda leaf: jnp.array(leaf, copy=True), params)  # the runner donates it
     state = TrainState(params, optimizer.init(params), jnp.array(True))
-    history: dict[str, list[float]] = {"loss": [], "skipped": [], "seconds": []}
-    start_epoch = 0
-    if checkpoint_path is not None and checkpoint.exists(checkpoint_path):
-        state, key, history, start_epoch = _resume(checkpoint_path, state, key)
+    plan.config.update(configuration(state, plan.batch_size))
+    _warn_if_apply_if_finite(state.opt_state, plan.on_nonfinite)
+    state, key, history, start_epoch = start(checkpoint_path, resume, state, key, epochs, plan.config)
     if plan.replicated is not None:
         state = jax.device_put(state, plan.replicated)
     return state, key, history, start_epoch
@@ -238,7 +265,7 @@ def _report_epoch(plan: _Plan, epoch: int, state: TrainState, key, history, bar,
     if bar is not None:
         bar.set_postfix(epoch=epoch + 1, loss=f"{history['loss'][-1]:.4f}")
     if checkpoint_path is not None:
-        _save_checkpoint(checkpoint_path, state, key, history, epoch + 1, plan.steps_per_epoch)
+        save(checkpoint_path, state, key, history, epoch + 1, plan.steps_per_epoch, plan.config)
 
 
 def _record_epoch(
@@ -265,6 +292,43 @@ def _record_epoch(
             history.setdefault(f"val_{name}", []).append(value)
 
 
+def _check_shapes_before_training(
+    model: Layer, params: Any, x: np.ndarray, y: np.ndarray, loss: Loss
+) -> None:
+    """Trace the model and the loss on one example (shapes only): a misfit fails now, not after an epoch."""
+    jax.eval_shape(lambda p, xb, yb: loss(model.apply(p, xb), yb), params, x[:1], y[:1])
+
+
+def _check_validation(validation: Any, x: np.ndarray, y: np.ndarray, classes: int | None) -> tuple:
+    """The validation data, refused before training unless it is shaped like the training data."""
+    if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
+        raise ConfigError("fit", f"validation must be a pair (x_val, y_val), got {describe_tree(validation)}")
+    x_val, y_val = check_arrays("fit", *validation, num_classes=classes)
+    if len(x_val) == 0:
+        raise ShapeError(
+            "fit (validation)", "the validation set holds no examples; pass validation=None instead"
+        )
+    for name, got, want in (("x_val", x_val, x), ("y_val", y_val, y)):
+        if got.shape[1:] != want.shape[1:]:
+            raise ShapeError(
+                "fit (validation)",
+                f"expected {name} of shape (n, *{want.shape[1:]}) like the training data, got {got.shape}",
+            )
+    return x_val, y_val
+
+
+def _warn_if_apply_if_finite(opt_state: Any, on_nonfinite: str) -> None:
+    """Say that fit's guard, not ``optax.apply_if_finite``, decides on non-finite steps."""
+    is_state = lambda node: isinstance(node, optax.ApplyIfFiniteState)  # noqa: E731
+    if any(is_state(node) for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_state)):
+        warnings.warn(
+            f"fit: the optimizer is wrapped in optax.apply_if_finite, but fit's own guard "
+            f"(on_nonfinite={on_nonfinite!r}) decides first and never passes it a non-finite step; "
+            "on_nonfinite='skip' skips such steps as apply_if_finite would, counted in history['skipped']",
+            stacklevel=3,
+        )
+
+
 def _device_data_budget() -> int:
     """Bytes of training data fit keeps on the device: a share of its memory where it reports it."""
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -286,22 +350,6 @@ def _mesh_shardings(mesh: Mesh, axis: str, batch_size: int) -> tuple[NamedShardi
             f"got {batch_size}",
         )
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(axis))
-
-
-def _save_checkpoint(
-    path, state: TrainState, key: jax.Array, history: dict, epochs: int, steps_per_epoch: int
-) -> None:
-    """Save what ``_resume`` reads back after ``epochs`` epochs: params, optimizer state, key, history."""
-    tree = {"params": state.params, "opt_state": state.opt_state, "key": key}
-    checkpoint.save(path, tree, epoch=epochs, step=epochs * steps_per_epoch, history=history)
-
-
-def _resume(path, state: TrainState, key: jax.Array) -> tuple[TrainState, jax.Array, dict, int]:
-    """Load params, optimizer state, key and history saved by ``fit``; the tree must fit the model's."""
-    template = {"params": state.params, "opt_state": state.opt_state, "key": key}
-    saved, meta = checkpoint.load(path, like=template)
-    restored = TrainState(saved["params"], saved["opt_state"], jnp.array(True))
-    return restored, saved["key"], meta["history"], int(meta["epoch"])
 
 
 def _progress_bar(progress: bool | None, total: int):
