@@ -33,7 +33,16 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from purenet.core import Layer, MissingReferenceError, Params, Reference, check_like, describe_tree, located
+from purenet.core import (
+    InputTypeError,
+    Layer,
+    MissingReferenceError,
+    Params,
+    Reference,
+    check_like,
+    describe_tree,
+    located,
+)
 from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
 from purenet.shapes import as_float64
@@ -259,8 +268,17 @@ class ReferenceResult(NamedTuple):
 
 
 def params_template(model: Layer, x: Any) -> Params:
-    """The params ``model.init`` builds for inputs like ``x``, as shapes and dtypes only."""
-    return _init_template(model, jax.tree_util.tree_map(lambda leaf: (-1, *np.shape(leaf)[1:]), x))
+    """The params ``model.init`` builds for inputs like ``x`` (an array, or a tuple of them), shapes only."""
+    return _init_template(model, _input_shapes(model.name, x))
+
+
+def _input_shapes(owner: str, x: Any) -> Any:
+    """``x``'s shapes with the batch axis as -1; anything but an array or a tuple of arrays is refused."""
+    if isinstance(x, (tuple, list)):
+        return tuple(_input_shapes(owner, part) for part in x)
+    if not hasattr(x, "shape") and not isinstance(x, (int, float)):
+        raise InputTypeError(owner, f"expected an array input (or a tuple of arrays), got {describe_tree(x)}")
+    return (-1, *np.shape(x)[1:])
 
 
 @functools.lru_cache(maxsize=256)
