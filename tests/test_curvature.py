@@ -424,7 +424,7 @@ def test_k_beyond_the_dimension_and_bad_sizes_are_refused(small):
         cv.hvp(f, params, params, method="forward")
     with pytest.raises(pn.ConfigError, match="num_matvecs must be at least 3"):
         cv.hutchpp_trace(op, num_matvecs=2)
-    with pytest.raises(pn.ConfigError, match="damping must be >= 0"):
+    with pytest.raises(pn.ConfigError, match="damping must be a finite real number >= 0"):
         cv.cg_solve(op, params, damping=-1.0)
     with pytest.raises(pn.ConfigError, match=r"hessian: the params hold 23 numbers.*max_dim is 10"):
         cv.hessian(f, params, max_dim=10)

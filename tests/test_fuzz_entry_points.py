@@ -234,7 +234,7 @@ def _krylov(draw):
     if kind == "cg_maxiter":
         return lambda: pn.cg_solve(op, PARAMS, maxiter=draw(st.sampled_from([0, -2, 1.5])))
     if kind == "density_sigma":
-        density = pn.spectral_density(op, num_steps=4, num_probes=1, key=KEY)
+        density = pn.spectral_density(op, num_iterations=4, num_probes=1, key=KEY)
         sigma = draw(st.sampled_from([0.0, -1.0, math.nan]))
         return lambda: density.evaluate(np.linspace(-1, 1, 5), sigma=sigma)
     bad = draw(st.sampled_from([dict(cg_tol=-1.0), dict(cg_maxiter=0), dict(cg_tol=math.nan)]))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from purenet.core import ConfigError, ParamsError, PurenetError, check_like
+from purenet.core import ConfigError, ParamsError, PurenetError, ShapeError, check_like, describe_tree
 from purenet.shapes import require_positive_int
 from purenet.trees import first_nonfinite_leaf
 
@@ -43,6 +43,13 @@ def flatten_params(params: Params) -> tuple[jax.Array, Callable[[jax.Array], Par
       (each leaf back in its own dtype).  This is the order of the rows and
       columns of ``hessian`` and of every flattened vector in this package.
     """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not hasattr(leaf, "dtype") and not isinstance(leaf, (int, float)):
+            raise ParamsError(
+                "flatten_params",
+                f"expected a pytree of arrays, got {describe_tree(leaf)}",
+                jax.tree_util.keystr(path),
+            )
     return ravel_pytree(params)
 
 
@@ -136,6 +143,33 @@ def _is_like(tree: Any, template: Any) -> bool:
     return True
 
 
+def require_finite_result(where: str, tree: Any) -> None:
+    """A product (or a quantity built from products) must be finite: the README promises a raise."""
+    require_finite(
+        where,
+        "the result",
+        tree,
+        "the result is not finite (NaN or inf): the loss or its derivatives are not finite at these "
+        "params and data",
+    )
+
+
+def scalar_valued(where: str, f: Callable) -> Callable:
+    """``f`` refusing, at trace time, an output that is not one scalar (a curvature needs a loss)."""
+
+    def checked(*args: Any) -> jax.Array:
+        value = f(*args)
+        if jnp.shape(value) != ():
+            raise ShapeError(
+                where,
+                f"f must return a scalar (a loss), got an output of shape {jnp.shape(value)}; "
+                "reduce it first, e.g. with jnp.mean",
+            )
+        return value
+
+    return checked
+
+
 def check_data(where: str, data: Any, batch_size: int | None) -> int | None:
     """Check an operator's dataset, whose leaves share a leading axis over examples; return the batch size.
 
@@ -148,6 +182,7 @@ def check_data(where: str, data: Any, batch_size: int | None) -> int | None:
     n = check_like(data, _template(data, drop=1), layer=where, what="data", leading=True)
     if n == 0:
         raise ConfigError(where, "data holds no examples")
+    require_finite(where, "data", data)
     return n if batch_size is None else require_positive_int(where, "batch_size", batch_size)
 
 

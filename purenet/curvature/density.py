@@ -17,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from purenet.core import ConfigError
 from purenet.curvature.base import NonFiniteCurvatureError, flatten_params
 from purenet.curvature.eigen import initial_state, krylov_sizes, lanczos_step, tridiagonal
 from purenet.curvature.operator import CurvatureOperator, compiled
 from purenet.shapes import require_positive_int
+from purenet.validate import require_number
 
 
 class SpectralDensity(NamedTuple):
@@ -51,11 +53,29 @@ class SpectralDensity(NamedTuple):
     def evaluate(self, grid: Any, sigma: float | None = None) -> np.ndarray:
         """The density smoothed by a Gaussian of width ``sigma``, at the points of ``grid``."""
         sigma = self.default_sigma() if sigma is None else sigma
-        grid = np.asarray(grid, np.float64)[:, None]
+        sigma = require_number("SpectralDensity.evaluate", "sigma", sigma, low=0.0, low_open=True)
+        grid = _grid(grid)
         nodes = np.asarray(self.nodes, np.float64).reshape(-1)
         weights = np.asarray(self.weights, np.float64).reshape(-1) / self.nodes.shape[0]
         kernel = np.exp(-0.5 * ((grid - nodes) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
         return kernel @ weights
+
+
+def _grid(grid: Any) -> np.ndarray:
+    """The evaluation points: a non-empty one-dimensional array of finite reals, as a column."""
+    try:
+        points = np.asarray(grid, np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            "SpectralDensity.evaluate", f"grid must be an array of reals, got {grid!r:.80}"
+        ) from None
+    if points.ndim != 1 or points.size == 0 or not np.all(np.isfinite(points)):
+        raise ConfigError(
+            "SpectralDensity.evaluate",
+            f"grid must be a non-empty 1-d array of finite points, got shape {points.shape}"
+            + ("" if points.size == 0 or np.all(np.isfinite(points)) else " holding NaN or inf"),
+        )
+    return points[:, None]
 
 
 def _quadrature(op: CurvatureOperator, starts: jax.Array, key: jax.Array, *, steps: int):

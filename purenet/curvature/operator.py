@@ -30,9 +30,11 @@ from purenet.curvature.base import (
     check_vector,
     flatten_params,
     require_finite,
+    require_finite_result,
     tree_axpy,
 )
 from purenet.curvature.products import ggn_product, hessian_product
+from purenet.validate import require_class_labels
 
 
 @jax.tree_util.register_pytree_node_class
@@ -118,13 +120,21 @@ class CurvatureOperator:
 
     def matvec(self, v: Params) -> Params:
         """A v for a pytree ``v`` of the params' structure."""
-        check_vector(f"{self.kind} operator", "v", v, self.params)
-        return compiled(self, _matvec)(self, v)
+        where = f"{self.kind} operator"
+        check_vector(where, "v", v, self.params)
+        product = compiled(self, _matvec)(self, v)
+        require_finite(where, "v", v)
+        require_finite_result(where, product)
+        return product
 
     def matmat(self, vs: Params) -> Params:
         """A v_i for directions stacked on a leading axis of every leaf, vectorized with ``jax.vmap``."""
-        check_vector(f"{self.kind} operator", "vs", vs, self.params, stacked=True)
-        return compiled(self, _matmat)(self, vs)
+        where = f"{self.kind} operator"
+        check_vector(where, "vs", vs, self.params, stacked=True)
+        products = compiled(self, _matmat)(self, vs)
+        require_finite(where, "vs", vs)
+        require_finite_result(where, products)
+        return products
 
     def to_dense(self, max_dim: int = 4096) -> jax.Array:
         """The operator as a (P, P) matrix in ``flatten_params`` order, one product per column."""
@@ -132,7 +142,9 @@ class CurvatureOperator:
             raise ConfigError(
                 f"{self.kind} operator", f"{self.dim} params exceed max_dim={max_dim} for a dense matrix"
             )
-        return compiled(self, _dense)(self)
+        matrix = compiled(self, _dense)(self)
+        require_finite_result(f"{self.kind} operator", matrix)
+        return matrix
 
     def flat_matvec(self) -> Callable[[jax.Array], jax.Array]:
         """The product on flattened vectors (``flatten_params`` order), for Krylov loops."""
@@ -274,12 +286,22 @@ def model_operator(
     """
     if kind not in ("hessian", "ggn"):
         raise ConfigError("model_operator", f"kind must be 'hessian' or 'ggn', got {kind!r}")
+    require_finite("model_operator", "data", (x, y))  # named here, not in the operator it builds
+    _require_class_labels(model, loss, params, x, y)
     functions = model_functions(model, loss, regularizer)
     if kind == "hessian":
         return hessian_operator(functions.cost, params, (x, y), batch_size=batch_size)
     if regularizer is not None:
         raise ConfigError("model_operator", "a regularizer has no Gauss-Newton form; add it as damping")
     return ggn_operator(functions.outputs, functions.loss, params, (x, y), batch_size=batch_size)
+
+
+def _require_class_labels(model: Layer, loss: Callable, params: Params, x: Any, y: Any) -> None:
+    """Integer labels for a loss over class scores lie in [0, classes): -1 must not wrap to the last class."""
+    y = np.asarray(y)
+    if getattr(loss, "class_labels", False) and y.dtype.kind in "iu" and y.size:
+        outputs = jax.eval_shape(lambda p, xb: model.apply(p, xb), params, jnp.asarray(x)[:1])  # shapes only
+        require_class_labels("model_operator", y, outputs.shape[-1], argument="y")
 
 
 class ModelFunctions(NamedTuple):

@@ -32,12 +32,15 @@ from purenet.curvature.base import (
     check_vector,
     flatten_params,
     require_finite,
+    require_finite_result,
+    scalar_valued,
     tree_vdot,
 )
 
 
 def hessian_product(f: Callable, params: Params, v: Params, method: str) -> Params:
-    """H v of ``f`` at ``params`` by ``method`` (one of ``METHODS``), unchecked and traceable."""
+    """H v of ``f`` at ``params`` by ``method`` (one of ``METHODS``); a non-scalar f refused at trace time."""
+    f = scalar_valued("hessian product", f)
     if method == "forward_over_reverse":
         return jax.jvp(jax.grad(f), (params,), (v,))[1]
     return jax.grad(lambda p: tree_vdot(jax.grad(f)(p), v))(params)
@@ -46,6 +49,7 @@ def hessian_product(f: Callable, params: Params, v: Params, method: str) -> Para
 def ggn_product(outputs_fn: Callable, loss_fn: Callable, params: Params, v: Params) -> Params:
     """G v = J^T H_L J v, unchecked and traceable."""
     # One forward pass: linearize gives J v, and the transpose of that linear map gives J^T u.
+    loss_fn = scalar_valued("ggn product", loss_fn)
     outputs, jvp_fn = jax.linearize(outputs_fn, params)
     loss_hessian_jv = jax.jvp(jax.grad(loss_fn), (outputs,), (jvp_fn(v),))[1]
     return jax.linear_transpose(jvp_fn, params)(loss_hessian_jv)[0]
@@ -73,7 +77,7 @@ def _compiled_ggn_vp(outputs_fn: Callable, loss_fn: Callable) -> Callable:
 def _compiled_hessian(f: Callable) -> Callable:
     def dense(params):
         flat, unflatten = flatten_params(params)
-        return jax.hessian(lambda w: f(unflatten(w)))(flat)
+        return jax.hessian(scalar_valued("hessian", lambda w: f(unflatten(w))))(flat)
 
     return jax.jit(dense)
 
@@ -99,8 +103,19 @@ def hvp(f: Callable[[Params], jax.Array], params: Params, v: Params, *, method: 
     """
     check_vector("hvp", "v", v, params)
     product = _compiled_hvp(f, check_method("hvp", method), False)(params, v)
-    require_finite("hvp", "v", v)  # after the dispatch, so that its one sync overlaps the product
+    _require_finite_inputs_and_result("hvp", params, "v", v, product)
     return product
+
+
+def _require_finite_inputs_and_result(where: str, params: Params, what: str, v: Params, result: Any) -> None:
+    """After the dispatch, so that the syncs overlap the product: the inputs first, then the result.
+
+    A NaN input is named where it is (``v['b']``, ``params[0]['w']``); a NaN
+    result from finite inputs means the loss itself is not finite there.
+    """
+    require_finite(where, what, v)
+    require_finite(where, "params", params)
+    require_finite_result(where, result)
 
 
 def batched_hvp(
@@ -120,7 +135,7 @@ def batched_hvp(
     """
     check_vector("batched_hvp", "vs", vs, params, stacked=True)
     product = _compiled_hvp(f, check_method("batched_hvp", method), True)(params, vs)
-    require_finite("batched_hvp", "vs", vs)  # after the dispatch, so that its one sync overlaps the product
+    _require_finite_inputs_and_result("batched_hvp", params, "vs", vs, product)
     return product
 
 
@@ -142,7 +157,7 @@ def ggn_vp(
     """
     check_vector("ggn_vp", "v", v, params)
     product = _compiled_ggn_vp(outputs_fn, loss_fn)(params, v)
-    require_finite("ggn_vp", "v", v)  # after the dispatch, so that its one sync overlaps the product
+    _require_finite_inputs_and_result("ggn_vp", params, "v", v, product)
     return product
 
 
@@ -168,4 +183,7 @@ def hessian(f: Callable[[Params], jax.Array], params: Params, *, max_dim: int = 
             f"max_dim is {max_dim}. Use a CurvatureOperator with lanczos or spectral_density instead, "
             "or raise max_dim",
         )
-    return _compiled_hessian(f)(params)
+    matrix = _compiled_hessian(f)(params)
+    require_finite("hessian", "params", params)
+    require_finite_result("hessian", matrix)
+    return matrix

@@ -28,6 +28,7 @@ from purenet.curvature.base import (
 )
 from purenet.curvature.operator import CurvatureOperator, compiled, model_functions
 from purenet.shapes import require_positive_int
+from purenet.validate import require_number
 
 
 class CGResult(NamedTuple):
@@ -98,13 +99,28 @@ def cg_solve(
     require_finite("cg_solve", "b", b)
     if x0 is not None:
         check_vector("cg_solve", "x0", x0, op.params)
-    if not damping >= 0:
-        raise ConfigError("cg_solve", f"damping must be >= 0, got {damping!r}")
-    if maxiter is not None:
-        maxiter = require_positive_int("cg_solve", "maxiter", maxiter)
+    damping, tol, maxiter = _cg_arguments("cg_solve", damping, tol, maxiter)
     result = compiled(op, _cg_result, "maxiter")(op, b, x0, damping, tol, maxiter)
     require_finite("cg_solve", "x", result.x, "the solution x is not finite (NaN or inf) here")
+    require_finite(
+        "cg_solve",
+        "residual",
+        result.residual_norm,
+        "CG's residual is not finite (NaN or inf): the curvature products are not finite at these "
+        "params and data",
+    )
     return result
+
+
+def _cg_arguments(
+    where: str, damping: Any, tol: Any, maxiter: Any, prefix: str = ""
+) -> tuple[float, float, int | None]:
+    """Damping lambda finite >= 0, tolerance finite > 0, an iteration cap >= 1 (or None)."""
+    damping = require_number(where, "damping", damping, low=0.0)
+    tol = require_number(where, f"{prefix}tol", tol, low=0.0, low_open=True)
+    if maxiter is not None:
+        maxiter = require_positive_int(where, f"{prefix}maxiter", maxiter)
+    return damping, tol, maxiter
 
 
 class HessianFreeState(NamedTuple):
@@ -163,11 +179,13 @@ def make_hessian_free_step(
         raise ConfigError(
             "make_hessian_free_step", f"curvature must be 'hessian' or 'ggn', got {curvature!r}"
         )
+    _, cg_tol, cg_maxiter = _cg_arguments("make_hessian_free_step", 0.0, cg_tol, cg_maxiter, prefix="cg_")
     return _hessian_free_pair(model, loss, curvature, cg_tol, cg_maxiter)
 
 
 def _init_hessian_free(params: Params, damping: float = 1.0) -> HessianFreeState:
     require_finite("make_hessian_free_step", "params", params)
+    damping = require_number("make_hessian_free_step", "damping", damping, low=0.0)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     return HessianFreeState(params, jnp.asarray(damping, jnp.result_type(float)), zeros)
 
