@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import tempfile
 import zipfile
 from typing import Any
@@ -28,15 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import PurenetError, check_like
+from purenet.checkpoint_format import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    read_member,
+    read_meta,
+    require_regular_file,
+    stored_layout,
+)
+from purenet.core import check_like
 
-FORMAT = "purenet-checkpoint"
-VERSION = 1
 _NATIVE_KINDS = "biuf"  # bool, signed, unsigned and float dtypes numpy stores as themselves
-
-
-class CheckpointError(PurenetError, ValueError):
-    """A checkpoint could not be written or read, or does not fit the tree it is loaded into."""
 
 
 # --------------------------------------------------------------------------
@@ -142,8 +146,21 @@ def save(path: str | os.PathLike, tree: Any, **metadata: Any) -> pathlib.Path:
     except TypeError as error:
         raise CheckpointError("save", f"metadata must be JSON-serializable: {error}") from None
     arrays["__meta__"] = np.frombuffer(meta.encode(), dtype=np.uint8)
+    try:
+        _write_atomically(path, arrays)
+    except OSError as error:
+        raise CheckpointError(
+            "save",
+            f"cannot write {path}: {error.strerror or error}; the previous checkpoint, if any, is intact",
+        ) from None
+    return path
+
+
+def _write_atomically(path: pathlib.Path, arrays: dict) -> None:
+    """Write to a temporary file beside ``path``, fsync, rename over it, fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -154,7 +171,28 @@ def save(path: str | os.PathLike, tree: Any, **metadata: Any) -> pathlib.Path:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
-    return path
+
+
+def _remove_stale_temporaries(path: pathlib.Path) -> None:
+    """Remove temporaries of earlier saves of ``path`` whose writer is gone (a SIGKILL mid-save)."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(\d+)\.)?[^.]*\.tmp$")
+    for candidate in path.parent.iterdir():
+        match = pattern.match(candidate.name)
+        if match and not _alive(int(match.group(1)) if match.group(1) else None):
+            candidate.unlink(missing_ok=True)
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still runs (a temporary without a pid is from an older purenet: stale)."""
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _npz_path(path: str | os.PathLike) -> pathlib.Path:
@@ -164,14 +202,20 @@ def _npz_path(path: str | os.PathLike) -> pathlib.Path:
 
 
 def _existing_path(path: str | os.PathLike) -> pathlib.Path:
-    """``path`` as given if it exists, else where ``save`` would have written it."""
+    """Where a checkpoint saved as ``path`` is: ``path.npz`` (where ``save`` writes) if there, else ``path``.
+
+    A file of another kind at the bare ``path`` (notes, a log) never hides
+    the checkpoint beside it.
+    """
     path = pathlib.Path(path)
-    return path if path.exists() else _npz_path(path)
+    npz = _npz_path(path)
+    return npz if npz.exists() or not path.exists() else path
 
 
 def exists(path: str | os.PathLike) -> bool:
-    """Whether a checkpoint saved as ``path`` is there (``path`` or ``path.npz``)."""
-    return _existing_path(path).exists()
+    """Whether a checkpoint saved as ``path`` is there: ``path.npz``, or ``path`` if it is a zip file."""
+    found = _existing_path(path)
+    return found.is_file() and (found.suffix == ".npz" or zipfile.is_zipfile(found))
 
 
 def _fsync_directory(directory: pathlib.Path) -> None:
@@ -215,43 +259,35 @@ def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
       CheckpointError: a missing, truncated or corrupted file (bad CRC), a
         file that is not a purenet checkpoint, or one that does not fit ``like``.
     """
-    path, meta, leaves = _read(path, arrays=True)
+    path, meta, leaves = _read(path, arrays=True, like=like)
     if like is None:
         return _rebuild(meta["structure"], leaves), meta["metadata"]
-    _check_fits(path, meta["leaves"], like)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), meta["metadata"]
 
 
-def _read(path: str | os.PathLike, arrays: bool) -> tuple[pathlib.Path, dict, list]:
+def _read(path: str | os.PathLike, arrays: bool, like: Any = None) -> tuple[pathlib.Path, dict, list]:
+    """The validated header and, when asked, the leaves: each checked against the header before it is read."""
     path = _existing_path(path)
-    if not path.exists():
-        raise CheckpointError("load", f"no checkpoint at {path}")
+    require_regular_file(path)
+    file_size = path.stat().st_size
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "__meta__" not in archive.files:
-                raise CheckpointError("load", f"{path} is not a purenet checkpoint (no __meta__ member)")
-            meta = json.loads(archive["__meta__"].tobytes().decode())
-            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-                raise CheckpointError(
-                    "load",
-                    f"{path} is format {meta.get('format')!r} v{meta.get('version')}, "
-                    f"expected {FORMAT} v{VERSION}",
-                )
+        with zipfile.ZipFile(path) as archive:
+            meta = read_meta(path, archive, file_size)
+            if like is not None:
+                _check_fits(path, meta["leaves"], like)  # before any data is read
             leaves = []
             if arrays:
                 for i, info in enumerate(meta["leaves"]):
-                    leaves.append(_decode_leaf(archive[f"leaf_{i}"], info))
+                    dtype, shape = stored_layout(info)
+                    leaves.append(
+                        _decode_leaf(read_member(path, archive, f"leaf_{i}", dtype, shape, file_size), info)
+                    )
     except CheckpointError:
         raise
-    except ValueError as error:
-        if "allow_pickle" in str(error):  # an object array: pickled data, which is never loaded
-            raise CheckpointError(
-                "load", f"{path} holds pickled objects, which purenet never loads"
-            ) from None
-        raise CheckpointError("load", f"{path} is truncated or corrupted (ValueError: {error})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as error:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, NotImplementedError) as error:
         raise CheckpointError(
-            "load", f"{path} is truncated or corrupted ({type(error).__name__}: {error})"
+            "load",
+            f"{path} is truncated or corrupted ({type(error).__name__}: {error}), or not a checkpoint",
         ) from None
     return path, meta, leaves
 
@@ -306,4 +342,4 @@ def _stored_spec(info: dict) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(info["shape"]), jnp.dtype(info["dtype"]))
 
 
-__all__ = ["CheckpointError", "exists", "load", "read_metadata", "save"]
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "exists", "load", "read_metadata", "save"]
