@@ -64,9 +64,8 @@ def check_gradients(
       loss: a purenet ``Loss`` (it carries its reference), or your own.
       regularizer: ``None``, or a penalty such as ``L2Penalty(1e-4)``.
       reference_loss: a loss's reference, ``LossReference(value_and_grad)``.
-      reference: compare with the hand-derived reference; ``False`` compares
-        JAX with finite differences only (for a model with a layer of your
-        own that has no reference yet).
+      reference: compare with the hand-derived reference; ``False``: JAX and
+        finite differences only (a layer of your own without a reference).
       reference_rtol, rtol, atol, eps, max_coordinates, directions, seed:
         the tolerances and the probing, as ``purenet.check.engine.Tolerances``
         describes them (``rtol`` is its ``fd_rtol``).
@@ -79,8 +78,7 @@ def check_gradients(
     subject = f"check_gradients({model.name})"
     tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
     loss_ref = reference_loss if reference_loss is not None else loss
-    require_finite(subject, "params", params)
-    require_finite(subject, "x", x)
+    _require_finite_point(subject, params, x)
     with jax.enable_x64(True):
         params64, x64, targets64 = as_float64(params), as_float64(x), as_float64(targets)
         reference_side, margin = None, np.inf
@@ -96,6 +94,12 @@ def check_gradients(
         scalar = _cost_scalar(model, loss, regularizer)
         report = three_way(subject, scalar, (params64, x64), targets64, names, reference_side, margin, tol)
     return finish(report, raise_on_failure)
+
+
+def _require_finite_point(subject: str, params: Any, x: Any) -> None:
+    """The point a check differentiates at: NaN there makes every comparison meaningless."""
+    require_finite(subject, "params", params)
+    require_finite(subject, "x", x)
 
 
 @cached
@@ -178,8 +182,7 @@ def check_layer(
     rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
         params64, x64, g_out = _layer_point(layer, input_shape, params, x, seed, rng)
-        require_finite(subject, "params", params64)
-        require_finite(subject, "x", x64)
+        _require_finite_point(subject, params64, x64)
         ref_outputs, pullback = _layer_pullback(layer, bprop, np_apply, params64, x64)
         reference_side = (checked_pullback(layer.name, params64, x64, pullback)(g_out), ref_outputs)
         margin = np.inf

@@ -10,7 +10,13 @@ Non-finite losses and gradients: with ``on_nonfinite="stop"`` (default) the
 state freezes at the first non-finite step, and ``fit`` raises
 ``NonFiniteLossError`` naming the step and holding the last good params and
 optimizer state.  With ``"skip"`` such a step is skipped and training goes
-on; ``history["skipped"]`` counts them per epoch.
+on; ``history["skipped"]`` counts them per epoch.  fit's guard decides
+before the optimizer, so an ``optax.apply_if_finite`` inside it never sees a
+non-finite step (its ``max_consecutive_errors`` is never reached): fit warns
+that it is there, and ``"skip"`` is its equivalent.
+
+Resuming, starting over and refusing another run's checkpoint:
+``purenet.train.resume``.
 
 Multi-device: ``fit(..., mesh=mesh)`` trains data-parallel, each minibatch
 sharded over the mesh axis ``data_axis`` and the params and optimizer state
@@ -62,37 +68,28 @@ def fit(
     """Train for ``epochs`` passes over (x, y) in minibatches reshuffled from ``key`` each epoch.
 
     A trailing partial minibatch is dropped each epoch, so every step has one shape.
-
     Args:
       model, params: the network and its initial params.
       x, y: the training inputs and targets, first axis the examples.
       loss, optimizer, regularizer, policy, on_nonfinite: as for ``make_train_step``.
-      epochs: the number of passes over the data to reach, >= 1 (counting
-        those already in a checkpoint being resumed).
+      epochs: the passes over the data to reach, >= 1 (resumed ones count).
       batch_size: examples per step, >= 1 (capped at the dataset size).
       key: PRNG key for the shuffles and for stochastic layers (dropout).
       validation: ``(x_val, y_val)`` evaluated after every epoch.
       metrics: ``{name: fn(outputs, targets) -> scalar}`` evaluated on the
         validation data beside the loss, e.g. ``{"accuracy": pn.accuracy}``.
-      steps_per_dispatch: steps fused into one compiled ``lax.scan`` (default:
-        a whole epoch, up to 256); 1 runs one dispatch per step.  Data over a
-        quarter of device memory (1 GiB if unreported) is fed from the host.
+      steps_per_dispatch: steps fused into one ``lax.scan`` (default: an epoch,
+        up to 256); data over a quarter of device memory is fed from the host.
       mesh, data_axis: train data-parallel over ``mesh``'s axis ``data_axis``;
         ``batch_size`` must be a multiple of that axis' size.
-      checkpoint_path: save params, optimizer state, PRNG key, history and
-        the run's configuration there (atomically) after every epoch
-        (layout: docs/checkpoints.md).  Its directory must be writable
-        (checked before the first step).  Resuming gives bit-identical params
-        to an uninterrupted run on the same device.
-      resume: ``"auto"``: resume a checkpoint found at ``checkpoint_path``,
-        saying from which epoch in one line on stderr; ``"never"``: start
-        over and overwrite it (saying so); ``"require"``: raise
-        ``ResumeError`` when there is none.  A checkpoint of another run
-        (other params tree, optimizer state structure, batch size or injected
-        hyperparameters), or of more epochs than asked, is refused with a
-        ``ResumeError`` naming what differs (``purenet.train.resume``).
-      progress: a tqdm progress bar with the loss and examples per second;
-        default: shown when stderr is a terminal and ``CI`` is not set.
+      checkpoint_path: save the state, history and run's configuration there
+        after every epoch, atomically (docs/checkpoints.md); its directory is
+        checked writable before the first step.
+      resume: ``"auto"`` resumes a checkpoint there, saying from which epoch;
+        ``"never"`` starts over and overwrites it, saying so; ``"require"``
+        fails without one.  Another run's checkpoint is refused, naming what
+        differs (``purenet.train.resume``).
+      progress: a tqdm bar (loss, examples/s); default: on a terminal without ``CI``.
 
     Returns:
       ``FitResult(params, opt_state, history)``.
@@ -101,17 +98,8 @@ def fit(
       NonFiniteLossError: with ``on_nonfinite="stop"``: names the step and
         holds the last good params and optimizer state.
       ResumeError: a checkpoint that cannot be resumed, as ``resume`` says.
-
-    fit's own guard and ``optax.apply_if_finite``: fit's guard decides first
-    and never hands a non-finite step to the optimizer, so an
-    ``apply_if_finite`` inside it never sees one (its ``max_consecutive_errors``
-    is never reached).  fit says so in a warning; ``on_nonfinite="skip"`` is
-    its equivalent, and ``history["skipped"]`` counts the skipped steps.
     """
-    epochs, resume = require_positive_int("fit", "epochs", epochs), check_resume_policy(resume)
-    key = check_key("fit", key)
-    if checkpoint_path is not None:
-        check_writable(checkpoint_path)
+    epochs, resume, key = _check_call(epochs, resume, key, checkpoint_path)
     plan = _prepare(
         model, params, x, y, loss=loss, optimizer=optimizer, batch_size=batch_size, regularizer=regularizer,
         validation=validation, metrics=metrics, steps_per_dispatch=steps_per_dispatch, policy=policy,
@@ -134,6 +122,13 @@ def fit(
 # --------------------------------------------------------------------------
 # fit's parts: prepare, start, run one epoch, record it
 # --------------------------------------------------------------------------
+
+
+def _check_call(epochs: Any, resume: Any, key: Any, checkpoint_path: Any) -> tuple[int, str, jax.Array]:
+    """fit's own arguments, checked before anything runs (the data: ``_prepare``)."""
+    if checkpoint_path is not None:
+        check_writable(checkpoint_path)
+    return require_positive_int("fit", "epochs", epochs), check_resume_policy(resume), check_key("fit", key)
 
 
 class _Plan(NamedTuple):
