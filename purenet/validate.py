@@ -140,68 +140,90 @@ def require_nonempty(owner: str, argument: str, x: Any) -> None:
         raise ShapeError(owner, f"{argument} is empty (shape {shape}); expected at least one entry")
 
 
+def _array_module(*values: Any) -> Any:
+    """NumPy for concrete values, jax.numpy for traced ones.
+
+    Why: an eager ``jnp`` reduction compiles once per new shape and dtype, and
+    the checks run on every host-side call with ever-new shapes (a check of
+    a random network reads each of its leaves), so NumPy keeps them cheap.
+    """
+    return jnp if is_traced(values) else np
+
+
+def _dtype_of(x: Any) -> Any:
+    """The dtype of an array, tracer or array-like (a list, a Python number)."""
+    dtype = getattr(x, "dtype", None)
+    return dtype if dtype is not None else np.asarray(x).dtype
+
+
+def _skipped(*values: Any) -> bool:
+    """Traced values whose checks are not being compiled: there is nothing to compute."""
+    return is_traced(values) and not checks_compiled()
+
+
 def require_finite(owner: str, argument: str, x: Any, *, error: type[PurenetError] = DataError) -> None:
     """Every entry of a floating array (or every leaf of a tree) finite: no NaN, no infinity."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
-        leaf = jnp.asarray(leaf)
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+        if _skipped(leaf) or not jnp.issubdtype(_dtype_of(leaf), jnp.inexact):
             continue
+        xp = _array_module(leaf)
+        finite = xp.isfinite(xp.asarray(leaf))
         where = f"{argument}{jax.tree_util.keystr(path)}"
         require(
             owner,
-            jnp.isfinite(leaf),
+            finite,
             f"{where} must be finite, got {{count}} non-finite entries (NaN or infinity)",
             error=error,
-            count=jnp.sum(~jnp.isfinite(leaf)),
+            count=xp.sum(~finite),
         )
 
 
 def require_class_labels(owner: str, labels: Any, classes: int, argument: str = "labels") -> None:
     """Integer labels in [0, classes), never wrapped as an index would wrap them."""
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise InputTypeError(owner, f"expected integer class {argument}, got dtype {labels.dtype}")
-    if labels.size == 0:
+    if not jnp.issubdtype(_dtype_of(labels), jnp.integer):
+        raise InputTypeError(owner, f"expected integer class {argument}, got dtype {_dtype_of(labels)}")
+    if np.size(labels) == 0 or _skipped(labels):
         return
-    ok = (labels >= 0) & (labels < classes)
+    xp = _array_module(labels)
+    labels = xp.asarray(labels)
     require(
         owner,
-        ok,
+        (labels >= 0) & (labels < classes),
         f"{argument} must be class indices in [0, {classes}) for outputs of {classes} classes, "
         "got values from {low} to {high}",
-        low=jnp.min(labels),
-        high=jnp.max(labels),
+        low=xp.min(labels),
+        high=xp.max(labels),
     )
 
 
 def require_in_interval(owner: str, argument: str, x: Any, low: float, high: float) -> None:
     """Every entry of ``x`` in the closed interval [low, high] (NaN fails)."""
-    x = jnp.asarray(x)
-    if x.size == 0:
+    if np.size(x) == 0 or _skipped(x):
         return
-    ok = (x >= low) & (x <= high)
+    xp = _array_module(x)
+    x = xp.asarray(x)
     require(
         owner,
-        ok,
+        (x >= low) & (x <= high),
         f"{argument} must lie in [{low:g}, {high:g}], got values from {{low}} to {{high}} (or NaN)",
-        low=jnp.min(x),
-        high=jnp.max(x),
+        low=xp.min(x),
+        high=xp.max(x),
     )
 
 
 def require_distributions(owner: str, argument: str, p: Any, tolerance: float = 1e-4) -> None:
     """Probability rows: entries >= 0 summing to 1 along the last axis, within ``tolerance``."""
-    p = jnp.asarray(p)
-    if p.size == 0:
+    if np.size(p) == 0 or _skipped(p):
         return
     require_in_interval(owner, argument, p, 0.0, 1.0)
-    sums = jnp.sum(p, axis=-1)
+    xp = _array_module(p)
+    sums = xp.sum(np.asarray(p, np.float64) if xp is np else p, axis=-1)  # float64: exact for any input dtype
     require(
         owner,
-        jnp.abs(sums - 1.0) <= tolerance,
+        xp.abs(sums - 1.0) <= tolerance,
         f"each row of {argument} must sum to 1 (class probabilities), got sums from {{low}} to {{high}}",
-        low=jnp.min(sums),
-        high=jnp.max(sums),
+        low=xp.min(sums),
+        high=xp.max(sums),
     )
 
 
