@@ -92,11 +92,16 @@ def _binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def _bce_reference(z: np.ndarray, y: np.ndarray):
-    # -y log sigma(z) - (1 - y) log(1 - sigma(z)) = y zeta(-z) + (1 - y) zeta(z), zero-weight terms dropped
+    """y zeta(-z) + (1 - y) zeta(z) (eq. 6.23), zero-weight terms dropped, and its gradient.
+
+    sigma(z) - y is taken as (1 - y) sigma(z) - y sigma(-z) (1 - sigma(z) = sigma(-z),
+    section 3.10), which keeps relative precision where sigma(z) rounds to y:
+    at z = 40, y = 1 it is -sigma(-40) ~ -4.2e-18, not 1 - 1 = 0.
+    """
     reference_targets("binary_cross_entropy", z, y, interval=(0.0, 1.0))
     with np.errstate(invalid="ignore"):  # 0 * inf in the discarded branch of np.where
         terms = np.where(y > 0, y * np_softplus(-z), 0.0) + np.where(y < 1, (1 - y) * np_softplus(z), 0.0)
-    return np.mean(terms), (np_sigmoid(z) - y) / z.size
+    return np.mean(terms), ((1 - y) * np_sigmoid(z) - y * np_sigmoid(-z)) / z.size
 
 
 def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -122,14 +127,32 @@ def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
     return (np.arange(classes) == labels[..., None]).astype(np.float64)
 
 
-def _softmax_ce_reference(z: np.ndarray, labels: np.ndarray):
-    reference_targets("softmax_cross_entropy", z, labels, classes=True)
+def _log_softmax(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log q = s - log1p(r) (eq. 6.30), s = z - max z, r the sum of e^s off the first max; and 1 - q.
+
+    At the max, 1 - q = r / (1 + r) and log q = -log1p(r) keep relative precision
+    where q rounds to 1 (s there is exactly 0); elsewhere q <= 1/2, so 1 - q is exact.
+    """
     shifted = z - z.max(axis=-1, keepdims=True)
-    log_q = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    first = np.arange(z.shape[-1]) == shifted.argmax(axis=-1)[..., None]
+    rest = np.where(first, 0.0, np.exp(shifted)).sum(axis=-1, keepdims=True)
+    log_q = shifted - np.log1p(rest)
+    return log_q, np.where(first, rest / (1.0 + rest), 1.0 - np.exp(log_q))
+
+
+def _softmax_ce_reference(z: np.ndarray, labels: np.ndarray):
+    """-sum_j p_j log q_j per row (eq. 6.30), and its gradient q sum_j p_j - p.
+
+    The gradient is taken as q (sum_j p_j - p) - p (1 - q): for a confident
+    right row it is -(1 - q_y) ~ -e^(z_j - z_y), where q - p would give 1 - 1 = 0.
+    """
+    reference_targets("softmax_cross_entropy", z, labels, classes=True)
+    log_q, complement = _log_softmax(z)
     p = labels if np.issubdtype(labels.dtype, np.floating) else _one_hot(labels, z.shape[-1])
     rows = z.size // z.shape[-1]
     value = -np.sum(p * log_q) / rows
-    return value, (np.exp(log_q) * p.sum(axis=-1, keepdims=True) - p) / rows
+    others = p.sum(axis=-1, keepdims=True) - p
+    return value, (np.exp(log_q) * others - p * complement) / rows
 
 
 def split_gaussian(outputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -181,8 +204,20 @@ def _gaussian_nll_reference(outputs: np.ndarray, y: np.ndarray):
     count = mean.size
     value = np.mean(-0.5 * log_beta + 0.5 * beta * (y - mean) ** 2)
     g_mean = beta * (mean - y) / count
-    g_rho = (-0.5 / beta + 0.5 * (y - mean) ** 2) * np_sigmoid(rho) / count
+    g_rho = (-0.5 * _sigmoid_over_softplus(rho) + 0.5 * (y - mean) ** 2 * np_sigmoid(rho)) / count
     return value, np.concatenate([g_mean, g_rho], axis=-1)
+
+
+def _sigmoid_over_softplus(rho: np.ndarray) -> np.ndarray:
+    """sigma(rho) / zeta(rho) = d log zeta(rho) / d rho (d zeta = sigma, section 3.10), finite for every rho.
+
+    Below rho = -30 both underflow together (to 0 below -745) while the ratio
+    tends to 1: there it is 1 / ((1 + e^rho)(1 - e^rho / 2 + ...)) = 1 - e^rho / 2
+    to O(e^(2 rho)) < 1e-26.
+    """
+    safe = np.maximum(rho, -30.0)  # the discarded branch of np.where never divides by 0
+    tail = 1.0 - 0.5 * np.exp(np.minimum(rho, -30.0))
+    return np.where(rho > -30.0, np_sigmoid(safe) / np_softplus(safe), tail)
 
 
 def _multiclass_hinge(scores: jax.Array, labels: jax.Array) -> jax.Array:
