@@ -1,7 +1,14 @@
 """purenet: feedforward networks as pure functions over parameter pytrees, in JAX."""
 
 from purenet import checkpoint, curvature, data, reference, shapes
-from purenet.check import GradientCheckError, GradientReport, check_gradients, check_layer
+from purenet.check import (
+    Culprit,
+    GradientCheckError,
+    GradientReport,
+    check_function,
+    check_gradients,
+    check_layer,
+)
 from purenet.checkpoint import CheckpointError
 from purenet.combinators import dense_block, parallel, residual, serial
 from purenet.core import (
@@ -96,6 +103,7 @@ from purenet.validate import DataError, checked, checking
 __version__ = "0.1.0"
 
 __all__ = [
+    "Culprit",
     "AbsRect",
     "CGResult",
     "CheckpointError",
@@ -149,6 +157,7 @@ __all__ = [
     "binary_accuracy",
     "binary_cross_entropy",
     "cg_solve",
+    "check_function",
     "check_gradients",
     "check_layer",
     "checked",

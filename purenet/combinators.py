@@ -38,7 +38,11 @@ from purenet.layers.joins import (
     PACK_REFERENCE,
     SUM_REFERENCE,
     check_tuple,
+    concat_apply,
+    pack_apply,
+    select_apply,
     select_reference,
+    sum_apply,
     tuple_of_shapes,
 )
 from purenet.reference import Graph, Node, chain, graph_reference, layer_node
@@ -185,9 +189,14 @@ def parallel(*layers: Layer) -> Layer:
     def graph(params):
         check_sequence_params(name, params, len(layers))
         count = len(layers)
-        picks = [Node(f"select[{i}]", select_reference(i, count), (0,)) for i in range(count)]
+        picks = [
+            Node(f"select[{i}]", select_reference(i, count), (0,), apply=select_apply(i))
+            for i in range(count)
+        ]
         children = [layer_node(layer, (1 + i,), i) for i, layer in enumerate(layers)]
-        pack = Node(f"pack({count})", PACK_REFERENCE, tuple(1 + count + i for i in range(count)))
+        pack = Node(
+            f"pack({count})", PACK_REFERENCE, tuple(range(1 + count, 1 + 2 * count)), apply=pack_apply
+        )
         return Graph((*picks, *children, pack), gather=lambda grads: tuple(grads[i] for i in range(count)))
 
     return Layer(init, apply, name=name, children=layers, reference=graph_reference(graph))
@@ -241,10 +250,10 @@ def residual(block: Layer, proj_init=jax.nn.initializers.lecun_normal()) -> Laye
                 name, f"expected a dict with key 'block' (and 'proj'), got {describe_tree(params)}"
             )
         block_node = layer_node(block, (0,), "block")
-        add = Node("add", SUM_REFERENCE, (1, 0))
+        add = Node("add", SUM_REFERENCE, (1, 0), apply=sum_apply)
         if "proj" not in params:  # x feeds both the block and the sum: two consumers
             return Graph((block_node, add), gather=dict)
-        projection = Node("projection", _PROJECTION_REFERENCE, (0,), "proj")
+        projection = Node("projection", _PROJECTION_REFERENCE, (0,), "proj", lambda p, x: x @ p["w"])
         return Graph((block_node, projection, add._replace(inputs=(1, 2))), gather=dict)
 
     return Layer(init, apply, name=name, children=(block,), reference=graph_reference(graph))
@@ -320,13 +329,13 @@ def dense_block(*layers: Layer) -> Layer:
         nodes, features = [], [0]  # ids of the nodes concatenated so far; 0 is the input
         for i, layer in enumerate(layers):
             if len(features) > 1:
-                nodes.append(Node("concat", CONCAT_REFERENCE, tuple(features)))
+                nodes.append(Node("concat", CONCAT_REFERENCE, tuple(features), apply=concat_apply))
                 source = len(nodes)
             else:
                 source = 0
             nodes.append(layer_node(layer, (source,), i))
             features.append(len(nodes))
-        nodes.append(Node("concat", CONCAT_REFERENCE, tuple(features)))
+        nodes.append(Node("concat", CONCAT_REFERENCE, tuple(features), apply=concat_apply))
         return Graph(tuple(nodes), gather=lambda grads: tuple(grads[i] for i in range(len(layers))))
 
     return Layer(init, apply, name=name, children=layers, reference=graph_reference(graph))

@@ -65,17 +65,21 @@ class Node(NamedTuple):
         receives them as a tuple, and its pullback returns a tuple.
       params_key: where the node's params sit in the combinator's params
         (``2`` for ``params[2]``, ``"block"``), or ``None`` for none.
+      apply: the node's JAX twin, ``apply(params, x) -> y``, against which
+        ``purenet.check`` compares the node alone to say where a failed
+        check went wrong; ``None`` where there is none.
     """
 
     name: str
     reference: Reference | None
     inputs: tuple[int, ...]
     params_key: Hashable | None = None
+    apply: Callable[[Params, Any], Any] | None = None
 
 
 def layer_node(layer: Layer, inputs: tuple[int, ...], params_key: Hashable | None = None) -> Node:
-    """A node that runs a child layer's reference."""
-    return Node(layer.name, layer.reference, inputs, params_key)
+    """A node that runs a child layer's reference (its JAX twin: the layer's apply in eval mode)."""
+    return Node(layer.name, layer.reference, inputs, params_key, lambda params, x: layer.apply(params, x))
 
 
 def _take_item(params: Params, key: Hashable) -> Params:
@@ -97,7 +101,8 @@ class Graph(NamedTuple):
     take: Callable[[Params, Hashable], Params] = _take_item
 
 
-def _step(key: Hashable | None) -> str:
+def step(key: Hashable | None) -> str:
+    """How a params key extends a path: ``[2]``, ``['block']``; nothing for None."""
     if key is None:
         return ""
     return f"[{key!r}]" if isinstance(key, str) else f"[{key}]"
@@ -114,14 +119,18 @@ def require_reference(name: str, reference: Reference | None) -> Reference:
     return reference
 
 
-def _node_params(graph: Graph, node: Node, params: Params) -> Params:
+def node_params(graph: Graph, node: Node, params: Params) -> Params:
     return () if node.params_key is None else graph.take(params, node.params_key)
 
 
-def _node_input(node: Node, values: list) -> Any:
+def node_input(node: Node, values: list) -> Any:
     if len(node.inputs) == 1:
         return values[node.inputs[0]]
     return tuple(values[i] for i in node.inputs)
+
+
+# pull(index, node, node_params, node_x, g_node) -> (g_params, g_x): one node's step of the sweep
+Pull = Callable[[int, Node, Params, Any, Any], tuple[Params, Any]]
 
 
 def checked_pullback(name: str, params: Params, x: Any, pullback: Callable) -> Callable:
@@ -151,23 +160,25 @@ def graph_forward(graph: Graph, params: Params, x: Any) -> tuple[list, list]:
     """The forward pass of Algorithm 6.2: every node's value (node 0 the input) and raw pullback."""
     values, pullbacks = [x], []
     for node in graph.nodes:
-        with located(_step(node.params_key)):
+        with located(step(node.params_key)):
             reference = require_reference(node.name, node.reference)
-            node_params, node_x = _node_params(graph, node, params), _node_input(node, values)
-            value, pullback = reference.run(node_params, node_x, owner=node.name)
+            p_node, node_x = node_params(graph, node, params), node_input(node, values)
+            value, pullback = reference.run(p_node, node_x, owner=node.name)
         values.append(value)
         pullbacks.append(pullback)
     return values, pullbacks
 
 
 def graph_backward(
-    graph: Graph, params: Params, values: list, pullbacks: list, g_out: Any
+    graph: Graph, params: Params, values: list, pullbacks: list, g_out: Any, pull: Pull | None = None
 ) -> tuple[Params, Any]:
     """The backward sweep of Algorithm 6.2.
 
     ``grad_table[i]`` accumulates dJ/d(node i) from each consumer of node i;
     visiting nodes in reverse topological order means every consumer of a node
-    has reported by the time the node itself is visited.
+    has reported by the time the node itself is visited.  ``pull`` runs each
+    node's pullback (``purenet.check`` passes one that also compares it with
+    JAX); by default the node's checked pullback.
 
     Returns:
       ``(g_params, g_x)``: the combinator's params gradient and dJ/dx.
@@ -180,9 +191,12 @@ def graph_backward(
         g_node = grad_table[node_id]
         if g_node is None:  # nothing downstream consumes this node
             g_node = jax.tree_util.tree_map(np.zeros_like, values[node_id])
-        node_params, node_x = _node_params(graph, node, params), _node_input(node, values)
-        with located(_step(node.params_key)):
-            g_p, g_in = checked_pullback(node.name, node_params, node_x, pullbacks[index])(g_node)
+        p_node, node_x = node_params(graph, node, params), node_input(node, values)
+        with located(step(node.params_key)):
+            if pull is None:
+                g_p, g_in = checked_pullback(node.name, p_node, node_x, pullbacks[index])(g_node)
+            else:
+                g_p, g_in = pull(index, node, p_node, node_x, g_node)
         if node.params_key is not None:
             g_params[node.params_key] = g_p
         g_inputs = (g_in,) if len(node.inputs) == 1 else tuple(g_in)
@@ -215,8 +229,8 @@ class GraphPullback:
             if isinstance(pullback, GraphPullback):
                 margin = min(margin, pullback.kink_margin())
             elif node.reference.kinks is not None:
-                node_params = _node_params(self.graph, node, self.params)
-                margin = min(margin, node.reference.kinks(node_params, _node_input(node, self.values)))
+                p_node = node_params(self.graph, node, self.params)
+                margin = min(margin, node.reference.kinks(p_node, node_input(node, self.values)))
         return float(margin)
 
 
@@ -358,8 +372,11 @@ __all__ = [
     "graph_reference",
     "kink_margin",
     "layer_node",
+    "node_input",
+    "node_params",
     "params_template",
     "reference_gradient",
     "reference_pass",
     "require_reference",
+    "step",
 ]

@@ -18,4 +18,6 @@ def test_swish_derivative_matches_a_closed_form_value():
 def test_gradcheck_example_keeps_its_claims(capsys):
     assert gradcheck.main() == 0
     printed = capsys.readouterr().out
-    assert printed.count("PASSED") == 2 and "FAILED on 1 of 1 leaves" in printed
+    assert printed.count("PASSED") == 3 and "FAILED: gradients of 1 of 1 leaves" in printed
+    assert "the backward of Swish at params[2]['block'][1] is wrong: its g_x" in printed
+    assert "lost precision" in printed and "float32 constant of shape (5, 3)" in printed

@@ -3,16 +3,24 @@
     report.py   the per-leaf report, its table, and GradientCheckError
     engine.py   probing, the finite-difference stencil, the compiled JAX side
     checks.py   the public checks: check_gradients, check_layer
+    function.py check_function: any function of pytrees, its grad or VJP
+    locate.py   the first node whose own derivative disagrees with JAX
+    precision.py  values narrower than float64 entering a checked function
+    diagnose.py the verdict of a failed check, in one sentence
 """
 
 from purenet.check.checks import check_gradients, check_layer
+from purenet.check.function import check_function
+from purenet.check.locate import Culprit
 from purenet.check.report import Discrepancy, GradientCheckError, GradientReport, LeafCheck
 
 __all__ = [
+    "Culprit",
     "Discrepancy",
     "GradientCheckError",
     "GradientReport",
     "LeafCheck",
+    "check_function",
     "check_gradients",
     "check_layer",
 ]

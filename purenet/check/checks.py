@@ -16,6 +16,7 @@ nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from purenet.check.diagnose import diagnose
 from purenet.check.engine import finish, leaf_names, three_way, tolerances
+from purenet.check.locate import Culprit, locate_in_cost, locate_in_layer
+from purenet.check.precision import precision_sources
 from purenet.check.report import GradientReport
 from purenet.compiled import cached
 from purenet.core import Layer, MissingReferenceError, Reference
@@ -93,7 +97,27 @@ def check_gradients(
         names = leaf_names(params64, "params") + leaf_names(x64, "x")
         scalar = _cost_scalar(model, loss, regularizer)
         report = three_way(subject, scalar, (params64, x64), targets64, names, reference_side, margin, tol)
+        if reference:
+            report = dataclasses.replace(report, value_error=_value_error(result.cost, report.value))
+        locate = lambda: locate_in_cost(model, params64, x64, targets64, loss_ref, loss, regularizer)  # noqa: E731
+        report = _conclude(report, locate if reference else None, scalar, (params64, x64), targets64)
     return finish(report, raise_on_failure)
+
+
+def _value_error(reference_cost: float, jax_cost: float) -> float:
+    """The reference cost (loss and penalty) against JAX's, relative to max(1, |J|)."""
+    return abs(reference_cost - jax_cost) / max(1.0, abs(jax_cost))
+
+
+def _conclude(
+    report: GradientReport, locate: Callable | None, scalar: Callable, args, data
+) -> GradientReport:
+    """The report's verdict: on failure, where it went wrong and whether lost precision explains it."""
+    if report.passed:
+        return diagnose(report)
+    culprits = () if locate is None else tuple(locate())
+    sources = precision_sources(lambda a, d: scalar(a, d)[0], args, data)
+    return diagnose(report, culprits, sources)
 
 
 def _require_finite_point(subject: str, params: Any, x: Any) -> None:
@@ -191,7 +215,19 @@ def check_layer(
         names = leaf_names(params64, "params") + leaf_names(x64, "x")
         scalar = _projection_scalar(layer)
         report = three_way(subject, scalar, (params64, x64), g_out, names, reference_side, margin, tol)
+        report = _conclude(
+            report, _layer_locator(layer, bprop, params64, x64, g_out, report), scalar, (params64, x64), g_out
+        )
     return finish(report, raise_on_failure)
+
+
+def _layer_locator(layer: Layer, bprop, params, x, g_out, report: GradientReport) -> Callable:
+    """Where a layer check failed: inside its reference's graph, or, for a given bprop, the layer itself."""
+    if bprop is None:
+        return lambda: locate_in_layer(layer, params, x, g_out)
+    if not report.forward_passed:
+        return lambda: [Culprit("forward", layer.name, "params", "value", report.forward_error, "np_apply")]
+    return lambda: []
 
 
 def _layer_point(layer: Layer, input_shape, params, x, seed: int, rng: np.random.Generator):

@@ -69,6 +69,14 @@ class GradientReport:
         a smooth function).
       leaves: one ``LeafCheck`` per parameter leaf and input.
       reference_rtol, fd_rtol, atol, eps: the tolerances and the FD step.
+      value_error: the reference cost (loss and penalty) against JAX's,
+        relative to max(1, |J|); ``None`` without a reference cost.
+      culprits: where the derivation went wrong (``purenet.check.locate``),
+        the first in the backward sweep first.
+      precision: the narrower-than-float64 values the function computes
+        with (``purenet.check.precision``), looked for when a check fails.
+      verdict: ``passed``, ``precision``, ``forward``, ``derivation`` or
+        ``finite differences``; ``headline`` says it in a sentence.
     """
 
     subject: str
@@ -80,14 +88,25 @@ class GradientReport:
     fd_rtol: float
     atol: float
     eps: float
+    value_error: float | None = None
+    culprits: tuple = ()
+    precision: tuple = ()
+    verdict: str = ""
+    headline: str = ""
 
     @property
     def forward_passed(self) -> bool:
-        return self.forward_error is None or self.forward_error <= self.reference_rtol
+        forward = self.forward_error is None or self.forward_error <= self.reference_rtol
+        return forward and (self.value_error is None or self.value_error <= self.reference_rtol)
 
     @property
     def passed(self) -> bool:
         return self.forward_passed and all(leaf.passed for leaf in self.leaves)
+
+    @property
+    def culprit(self):
+        """The first node the check blames (a ``purenet.check.locate.Culprit``), or None."""
+        return self.culprits[0] if self.culprits else None
 
     @property
     def failures(self) -> list[LeafCheck]:
@@ -120,10 +139,11 @@ class GradientReport:
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
         forward = (
-            "no reference forward"
-            if self.forward_error is None
-            else f"{self.forward_error:.1e} relative" + ("" if self.forward_passed else "  FAIL")
+            "no reference forward" if self.forward_error is None else f"{self.forward_error:.1e} relative"
         )
+        if self.value_error is not None:
+            forward += f", cost {self.value_error:.1e} relative"
+        forward += "" if self.forward_passed else "  FAIL"
         margin = "none (smooth)" if np.isinf(self.kink_margin) else f"{self.kink_margin:.2e}"
         lines = [
             f"{self.subject}: value {self.value:.10g} (float64); "
@@ -136,17 +156,24 @@ class GradientReport:
             *(line(row) for row in rows),
             "",
             f"pass when |a - b| <= atol + rtol * scale: reference vs JAX rtol {self.reference_rtol:g}, "
-            f"FD rtol {self.fd_rtol:g}, atol {self.atol:g}; "
-            + ("PASSED" if self.passed else f"FAILED on {len(self.failures)} of {len(self.leaves)} leaves"),
+            f"FD rtol {self.fd_rtol:g}, atol {self.atol:g}; " + self._outcome(),
         ]
         return "\n".join(lines)
+
+    def _outcome(self) -> str:
+        if self.passed:
+            return "PASSED"
+        failed = [f"gradients of {len(self.failures)} of {len(self.leaves)} leaves"]
+        if not self.forward_passed:
+            failed.insert(0, "the forward")
+        return "FAILED: " + " and ".join(failed) + (f" ({self.verdict})" if self.verdict else "")
 
 
 class GradientCheckError(PurenetError, AssertionError):
     """A gradient check found gradients that disagree; ``error.report`` holds the table."""
 
     def __init__(self, report: GradientReport):
-        message = f"gradients disagree beyond tolerance\n{report}"
+        message = f"{report.headline or 'gradients disagree beyond tolerance'}\n{report}"
         if not np.isinf(report.kink_margin) and report.kink_margin < 1e3 * report.eps:
             message += (
                 f"\nnote: this point lies {report.kink_margin:.1e} from a kink, within reach of "

@@ -156,8 +156,29 @@ def select_reference(index: int, count: int) -> Reference:
 PACK_REFERENCE = Reference(lambda params, xs: (tuple(xs), lambda g: ((), tuple(g))))
 
 
+# The graph ops' JAX twins, against which a check compares each op alone (purenet.check.locate).
+def sum_apply(params, xs):
+    return sum(xs[1:], xs[0])
+
+
+def concat_apply(params, xs):
+    return jnp.concatenate(xs, axis=-1)
+
+
+def pack_apply(params, xs):
+    return tuple(xs)
+
+
+def select_apply(index: int):
+    return lambda params, xs: xs[index]
+
+
 __all__ = [
     "CONCAT_REFERENCE",
+    "concat_apply",
+    "pack_apply",
+    "select_apply",
+    "sum_apply",
     "PACK_REFERENCE",
     "SUM_REFERENCE",
     "fan_in_concat",

@@ -1,0 +1,189 @@
+"""``check_function``: verify the hand-derived derivative of any function of pytrees.
+
+Where ``check_gradients`` checks a network's cost and ``check_layer`` one
+layer, this checks a plain function ``f(*args)`` (a loss of your own,
+``logsumexp(A x)``, a function of several pytrees), scalar- or array-valued:
+
+* scalar f: your ``grad(*args)`` against ``jax.grad`` and finite differences;
+* array f: your ``vjp(*args, g_out)`` for a random cotangent ``g_out``, as the
+  gradient of s(args) = sum(f(args) * g_out), against ``jax.vjp`` and
+  finite differences (``torch.autograd.gradcheck``'s fast mode does the same
+  with random projections);
+* neither given: JAX's own derivative (a ``custom_vjp`` rule inside f, say)
+  against finite differences, as ``jax.test_util.check_grads`` does.
+
+All in float64 copies of ``args`` whether or not x64 is on globally, with
+the same probing and report as the other checks.  A check that fails because
+f computes part of itself in float32 (a captured constant, a cast) says so
+rather than blaming the derivation (``purenet.check.precision``).  The
+engine compares gradients of one scalar, so a second-order mode (the
+gradient of <grad f, v>) fits the same call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purenet.check.diagnose import diagnose
+from purenet.check.engine import finish, leaf_names, three_way, tolerances
+from purenet.check.precision import precision_sources
+from purenet.check.report import GradientReport
+from purenet.compiled import cached
+from purenet.core import ConfigError, InputTypeError, check_like, describe_tree, dtype_kind
+from purenet.shapes import as_float64
+from purenet.validate import require_finite
+
+
+def check_function(
+    f: Callable,
+    args: Any,
+    *,
+    grad: Callable | None = None,
+    vjp: Callable | None = None,
+    reference_rtol: float = 1e-10,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    eps: float = 1e-5,
+    max_coordinates: int = 64,
+    directions: int = 16,
+    seed: int = 0,
+    raise_on_failure: bool = True,
+) -> GradientReport:
+    """Check a hand-derived gradient or VJP of ``f(*args)`` against JAX and finite differences.
+
+    Args:
+      f: a function of one or more pytrees of floating arrays, written in
+        ``jax.numpy``; scalar- or array-valued (any pytree of arrays).
+      args: its positional arguments, a tuple (one array may be passed
+        alone; one tuple-valued argument must be wrapped: ``((a, b),)``).
+      grad: for scalar f, ``grad(*args)``: the gradient, like the argument
+        for one argument, a tuple of one gradient per argument for several.
+        In NumPy or JAX; it receives NumPy float64 arrays.
+      vjp: for array f, ``vjp(*args, g_out) -> gradients`` (as ``grad``
+        returns them) for a cotangent ``g_out`` shaped like f's output.
+      reference_rtol, rtol, atol, eps, max_coordinates, directions, seed,
+        raise_on_failure: as for ``check_gradients``.
+
+    Returns:
+      A ``GradientReport`` with one row per argument leaf, named after f's
+      parameters (``A``, ``x['w']``); raises ``GradientCheckError`` on failure.
+    """
+    subject = f"check_function({getattr(f, '__name__', type(f).__name__)})"
+    tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
+    args = _arguments(subject, f, args)
+    _require_derivative(subject, grad, vjp)
+    rng = np.random.default_rng(seed)
+    with jax.enable_x64(True):
+        args64 = tuple(as_float64(args))
+        scalar_output = _is_scalar(subject, f, args64, grad)
+        data = np.float64(1.0) if scalar_output else _cotangent(f, args64, rng)
+        reference_side = None
+        if grad is not None:
+            reference_side = (_as_gradients(subject, grad(*args64), args64, "grad"), None)
+        elif vjp is not None:
+            reference_side = (_as_gradients(subject, vjp(*args64, data), args64, "vjp"), None)
+        scalar = _function_scalar(f, scalar_output)
+        names = _names(f, args64)
+        report = three_way(subject, scalar, args64, data, names, reference_side, np.inf, tol)
+        sources = () if report.passed else precision_sources(lambda a, d: scalar(a, d)[0], args64, data)
+    return finish(diagnose(report, (), sources), raise_on_failure)
+
+
+def _arguments(subject: str, f: Callable, args: Any) -> tuple:
+    """``args`` as a tuple of pytrees of finite floating arrays; anything else refused by name."""
+    if not callable(f):
+        raise ConfigError(subject, f"f must be a function, got {describe_tree(f)}")
+    args = args if isinstance(args, tuple) else (args,)
+    if not args:
+        raise ConfigError(subject, "args is empty: a function of nothing has no derivative to check")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        where = f"args{jax.tree_util.keystr(path)}"
+        kind = dtype_kind(getattr(leaf, "dtype", np.asarray(leaf).dtype)) if _array_like(leaf) else None
+        if kind != "floating":
+            got = describe_tree(leaf) if kind is None else f"dtype {np.asarray(leaf).dtype}"
+            raise InputTypeError(
+                subject, f"{where} must be a floating array (every argument is differentiated), got {got}"
+            )
+    if not jax.tree_util.tree_leaves(args):
+        raise ConfigError(subject, "args hold no arrays: there is nothing to differentiate")
+    require_finite(subject, "args", args)
+    return args
+
+
+def _array_like(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") or (isinstance(leaf, (float, int, list)) and not isinstance(leaf, bool))
+
+
+def _require_derivative(subject: str, grad: Callable | None, vjp: Callable | None) -> None:
+    if grad is not None and vjp is not None:
+        raise ConfigError(subject, "give grad= (scalar f) or vjp= (array f), not both")
+    for name, fn in (("grad", grad), ("vjp", vjp)):
+        if fn is not None and not callable(fn):
+            raise ConfigError(subject, f"{name} must be a function, got {describe_tree(fn)}")
+
+
+def _is_scalar(subject: str, f: Callable, args: tuple, grad: Callable | None) -> bool:
+    """Whether f returns one scalar; a grad for an array-valued f is refused."""
+    out = jax.eval_shape(f, *args)
+    leaves = jax.tree_util.tree_leaves(out)
+    for leaf in leaves:
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise InputTypeError(subject, f"f must return floating arrays, got dtype {leaf.dtype}")
+    scalar = len(leaves) == 1 and leaves[0].shape == ()
+    if grad is not None and not scalar:
+        raise ConfigError(subject, f"f returns {describe_tree(out)}, not a scalar: give its vjp=, not grad=")
+    return scalar
+
+
+def _cotangent(f: Callable, args: tuple, rng: np.random.Generator) -> Any:
+    """A standard normal cotangent shaped like f's output (seeded, so a check is repeatable)."""
+    return jax.tree_util.tree_map(lambda y: rng.standard_normal(y.shape), jax.eval_shape(f, *args))
+
+
+def _as_gradients(subject: str, given: Any, args: tuple, name: str) -> tuple:
+    """The user's gradients as a tuple like ``args``, checked (tree, shapes, dtype kinds) by name."""
+    if len(args) == 1:
+        check_like(given, args[0], layer=subject, what=f"{name}'s result")
+        return (given,)
+    if isinstance(given, list):
+        given = tuple(given)
+    check_like(given, args, layer=subject, what=f"{name}'s result (one gradient per argument)")
+    return given
+
+
+@cached
+def _function_scalar(f: Callable, scalar_output: bool) -> Callable:
+    """``(args, g_out) -> (value, output)``: f itself, or the projection sum(f(args) * g_out)."""
+
+    def scalar(args, g_out):
+        y = f(*args)
+        if scalar_output:
+            return jnp.asarray(y).reshape(()) * g_out, y
+        products = jax.tree_util.tree_map(lambda y_i, g_i: jnp.sum(y_i * g_i), y, g_out)
+        return sum(jax.tree_util.tree_leaves(products)), y
+
+    return scalar
+
+
+def _names(f: Callable, args: tuple) -> list[str]:
+    """Leaf names after f's parameters (``A``, ``x['w']``), or ``args[i]`` where there are none."""
+    try:
+        parameters = [
+            p.name
+            for p in inspect.signature(f).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        parameters = []
+    if len(parameters) < len(args):
+        parameters = [f"args[{i}]" for i in range(len(args))]
+    return [name for arg, prefix in zip(args, parameters) for name in leaf_names(arg, prefix)]
+
+
+__all__ = ["check_function"]
