@@ -31,9 +31,29 @@ UNITS = [
 COMBINATORS = ["serial", "residual", "dense_block", "repeat", "concat_branches", "sum_branches"]
 
 
+class Planter:
+    """Replaces the ``index``-th leaf layer drawn by ``plant(layer)`` (a test's wrong derivation)."""
+
+    def __init__(self, index: int, plant):
+        self.index, self.plant, self.drawn, self.planted = index, plant, 0, None
+
+    def __call__(self, layer):
+        self.drawn += 1
+        if self.drawn - 1 != self.index:
+            return layer
+        self.planted = self.plant(layer)
+        return self.planted
+
+
 @st.composite
-def leaves(draw):
-    """A leaf layer of width 1 to 16."""
+def leaves(draw, planter=None):
+    """A leaf layer of width 1 to 16 (passed through ``planter`` when given)."""
+    layer = draw(_leaves())
+    return layer if planter is None else planter(layer)
+
+
+@st.composite
+def _leaves(draw):
     width = draw(st.integers(1, 16))
     kind = draw(st.sampled_from(["dense", "low_rank", "maxout", "rbf", "unit", "dropout", "flatten"]))
     if kind == "dense":
@@ -52,12 +72,12 @@ def leaves(draw):
 
 
 @st.composite
-def blocks(draw, nesting: int = 0):
+def blocks(draw, nesting: int = 0, planter=None):
     """A leaf or, up to two levels deep, a combinator of blocks."""
     if nesting >= 2 or draw(st.booleans()):
-        return draw(leaves())
+        return draw(leaves(planter))
     kind = draw(st.sampled_from(COMBINATORS))
-    children = lambda: [draw(blocks(nesting + 1)) for _ in range(draw(st.integers(1, 3)))]  # noqa: E731
+    children = lambda: [draw(blocks(nesting + 1, planter)) for _ in range(draw(st.integers(1, 3)))]  # noqa: E731
     if kind == "serial":
         return pn.serial(*children())
     if kind == "residual":
@@ -76,9 +96,9 @@ def blocks(draw, nesting: int = 0):
 
 
 @st.composite
-def networks(draw):
+def networks(draw, planter=None):
     """A chain of 1 to 6 blocks."""
-    return pn.serial(*[draw(blocks()) for _ in range(draw(st.integers(1, 6)))])
+    return pn.serial(*[draw(blocks(0, planter)) for _ in range(draw(st.integers(1, 6)))])
 
 
 LOSSES = ["mse", "bce", "bce_probabilities", "softmax", "softmax_probabilities", "gaussian", "hinge"]
@@ -102,13 +122,13 @@ def _targets(kind: str, batch: int, width: int, rng: np.random.Generator):
 
 
 @st.composite
-def costs(draw):
+def costs(draw, planter=None):
     """A random network with an output layer, params off their init, inputs, targets, loss, regularizer.
 
     Params are moved off their initial values (biases off zero, every leaf
     jittered) so that no preactivation sits exactly on a kink by construction.
     """
-    body = draw(networks())
+    body = draw(networks(planter))
     kind = draw(st.sampled_from(LOSSES))
     width, in_width, batch = draw(st.integers(1, 5)), draw(st.integers(1, 16)), draw(st.integers(1, 4))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))

@@ -99,7 +99,9 @@ def check_gradients(
         report = three_way(subject, scalar, (params64, x64), targets64, names, reference_side, margin, tol)
         if reference:
             report = dataclasses.replace(report, value_error=_value_error(result.cost, report.value))
-        locate = lambda: locate_in_cost(model, params64, x64, targets64, loss_ref, loss, regularizer)  # noqa: E731
+        locate = lambda: locate_in_cost(  # noqa: E731
+            model, params64, x64, targets64, loss_ref, loss, regularizer, report.forward_passed
+        )
         report = _conclude(report, locate if reference else None, scalar, (params64, x64), targets64)
     return finish(report, raise_on_failure)
 

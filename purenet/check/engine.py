@@ -86,7 +86,7 @@ def _stencil_chunks(theta: np.ndarray, probes: list[tuple[int, np.ndarray]], eps
     return chunks
 
 
-def _jit(fn: Callable) -> Callable:
+def jit_for_checks(fn: Callable) -> Callable:
     """jit for a check: on CPU, skip LLVM's costly optimizations.
 
     A check compiles each function once and runs it a few times, so for the
@@ -132,7 +132,7 @@ def _compiled_side(scalar: Callable, treedef: Any, shapes: tuple) -> tuple[Calla
         (value, outputs), grad = jax.value_and_grad(value_and_outputs, has_aux=True)(point, data)
         return value, outputs, grad, at_points(points, data)
 
-    return _jit(everything), _jit(at_points)
+    return jit_for_checks(everything), jit_for_checks(at_points)
 
 
 def _jax_side(

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from purenet.check.engine import jit_for_checks as _jit
 from purenet.core import Layer, Params
 from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
@@ -91,62 +92,115 @@ def _worst(reference: Any, expected: Any) -> tuple[str, float, str] | None:
 _RTOL = 1e-9  # per node; the network-level reference tolerance is 1e-10 of a far larger sum
 
 
-class _Walk:
-    """One search through a reference's recorded computation; ``found`` collects what disagrees."""
+class _Record(NamedTuple):
+    """One node as the reference ran it: its inputs, its value or cotangent, and what it returned.
 
-    def __init__(self) -> None:
-        self.found: list[Culprit] = []
+    Records are kept in post-order (a combinator after its nodes): a
+    combinator's descendants are the records ``first`` to ``own - 1``.
+    """
 
-    def forward(self, name: str, apply: Callable | None, pullback, params, x, value, path: str) -> None:
-        if isinstance(pullback, GraphPullback):
-            before = len(self.found)
-            for index, node in enumerate(pullback.graph.nodes):
-                here = _node_path(path, node)
-                self.forward(
-                    node.name,
-                    node.apply,
-                    pullback.pullbacks[index],
-                    node_params(pullback.graph, node, pullback.params),
-                    node_input(node, pullback.values),
-                    pullback.values[index + 1],
-                    here,
-                )
-                if len(self.found) > before:
-                    return
-        if apply is not None:
-            bad = _worst(value, apply(params, x))
-            if bad is not None:
-                self.found.append(Culprit("forward", name, path, "value", bad[1], bad[2]))
+    name: str
+    apply: Callable
+    path: str
+    params: Params
+    x: Any
+    value: Any  # forward: the reference's output; backward: the cotangent g fed to the pullback
+    result: Any  # backward: the reference's (g_params, g_x); forward: None
+    first: int
+    own: int
 
-    def backward(self, name: str, apply: Callable | None, pullback, params, x, g, path: str):
-        before = len(self.found)
-        if isinstance(pullback, GraphPullback):
-            graph = pullback.graph
+    @property
+    def composite(self) -> bool:
+        return self.first < self.own
 
-            def pull(index, node, p, node_x, g_node):
-                return self.backward(
-                    node.name,
-                    node.apply,
-                    pullback.pullbacks[index],
-                    p,
-                    node_x,
-                    g_node,
-                    _node_path(path, node),
-                )
 
-            result = graph_backward(graph, pullback.params, pullback.values, pullback.pullbacks, g, pull)
-        else:
-            result = checked_pullback(name, params, x, pullback)(g)
-        if apply is not None and len(self.found) == before:
-            _, vjp = jax.vjp(apply, params, x)
-            for part, ours, theirs in (("g_params", result[0], None), ("g_x", result[1], None)):
-                theirs = vjp(g)[0 if part == "g_params" else 1]
-                bad = _worst(ours, theirs)
-                if bad is not None:
-                    label = "g_x" if part == "g_x" else f"g_params{bad[0]}"
-                    self.found.append(Culprit("backward", name, path, label, bad[1], bad[2]))
-                    break
-        return result
+def _forward_records(name, apply, pullback, params, x, value, path, records: list) -> None:
+    first = len(records)
+    if isinstance(pullback, GraphPullback):
+        for index, node in enumerate(pullback.graph.nodes):
+            _forward_records(
+                node.name,
+                node.apply,
+                pullback.pullbacks[index],
+                node_params(pullback.graph, node, pullback.params),
+                node_input(node, pullback.values),
+                pullback.values[index + 1],
+                _node_path(path, node),
+                records,
+            )
+    if apply is not None:
+        records.append(_Record(name, apply, path, params, x, value, None, first, len(records)))
+
+
+def _backward_records(name, apply, pullback, params, x, g, path, records: list):
+    """The reference's backward sweep, recording each node's cotangent and result on the way."""
+    first = len(records)
+    if isinstance(pullback, GraphPullback):
+
+        def pull(index, node, p, node_x, g_node):
+            here = _node_path(path, node)
+            return _backward_records(
+                node.name, node.apply, pullback.pullbacks[index], p, node_x, g_node, here, records
+            )
+
+        result = graph_backward(pullback.graph, pullback.params, pullback.values, pullback.pullbacks, g, pull)
+    else:
+        result = checked_pullback(name, params, x, pullback)(g)
+    if apply is not None:
+        records.append(_Record(name, apply, path, params, x, g, result, first, len(records)))
+    return result
+
+
+def _jax_twins(records: list[_Record], backward: bool, extra: Callable | None = None) -> tuple[list, Any]:
+    """Each record's JAX side in one compiled call: apply(params, x), or jax.vjp of it fed g.
+
+    One compilation for the whole search (with ``extra()``, the loss's and
+    penalty's JAX side, riding along): eagerly, every primitive of every node
+    would compile on its own for each new shape.
+    """
+
+    def twins(inputs):
+        out = []
+        for record, (p, x, g) in zip(records, inputs):
+            out.append(jax.vjp(record.apply, p, x)[1](g) if backward else record.apply(p, x))
+        return out, None if extra is None else extra()
+
+    return _jit(twins)([(r.params, r.x, r.value if backward else None) for r in records])
+
+
+def _blamed(records: list[_Record], stage: str) -> list[Culprit]:
+    """The records that disagree with their JAX twins: the nodes first, combinators only if none does.
+
+    A combinator is compared as a whole (a miswired graph) only when no node
+    disagrees, and only if no combinator inside it already does.
+    """
+    nodes = [r for r in records if not r.composite]
+    culprits = [
+        c for r, t in zip(nodes, _jax_twins(nodes, stage == "backward")[0]) if (c := _compare(r, t, stage))
+    ]
+    if culprits:
+        return culprits
+    composites, blamed = [r for r in records if r.composite], []
+    twins = _jax_twins(composites, stage == "backward")[0] if composites else []
+    for record, twin in zip(composites, twins):
+        if any(record.first <= inner.own < record.own for inner, _ in blamed):
+            continue
+        culprit = _compare(record, twin, stage)
+        if culprit is not None:
+            blamed.append((record, culprit))
+    return [culprit for _, culprit in blamed]
+
+
+def _compare(record: _Record, twin: Any, stage: str) -> Culprit | None:
+    if stage == "forward":
+        bad = _worst(record.value, twin)
+        return None if bad is None else Culprit(stage, record.name, record.path, "value", bad[1], bad[2])
+    for part, ours, theirs in (("g_params", record.result[0], twin[0]), ("g_x", record.result[1], twin[1])):
+        bad = _worst(ours, theirs)
+        if bad is not None:
+            label = "g_x" if part == "g_x" else f"g_params{bad[0]}"
+            return Culprit(stage, record.name, record.path, label, bad[1], bad[2])
+    return None
 
 
 def _node_path(path: str, node) -> str:
@@ -161,52 +215,74 @@ def _layer_apply(layer: Layer) -> Callable:
 
 def locate_in_layer(layer: Layer, params: Params, x: Any, g_out: Any, path: str = "params") -> list[Culprit]:
     """What disagrees inside ``layer``'s reference at (params, x), the backward fed ``g_out``."""
-    walk = _Walk()
     value, pullback = layer.reference.run(params, x, owner=layer.name)
-    walk.forward(layer.name, _layer_apply(layer), pullback, params, x, value, path)
-    if not walk.found:
-        walk.backward(layer.name, _layer_apply(layer), pullback, params, x, g_out, path)
-    return walk.found
+    found = _search_forward(layer, pullback, params, x, value, path)
+    return found or _search_backward(layer, pullback, params, x, g_out, path)
+
+
+def _search_forward(layer: Layer, pullback, params, x, value, path: str) -> list[Culprit]:
+    records: list[_Record] = []
+    _forward_records(layer.name, _layer_apply(layer), pullback, params, x, value, path, records)
+    return _blamed(records, "forward")[:1]
+
+
+def _search_backward(layer: Layer, pullback, params, x, g, path: str) -> list[Culprit]:
+    records: list[_Record] = []
+    _backward_records(layer.name, _layer_apply(layer), pullback, params, x, g, path, records)
+    return _blamed(records, "backward")
 
 
 def locate_in_cost(
-    model: Layer, params: Params, x: Any, targets: Any, loss: Any, jax_loss: Callable, regularizer: Any
+    model: Layer,
+    params: Params,
+    x: Any,
+    targets: Any,
+    loss: Any,
+    jax_loss: Callable,
+    regularizer: Any,
+    forward_passed: bool = False,
 ) -> list[Culprit]:
     """What disagrees in the cost J = L(model(x), y) (+ penalty): forward, loss, penalty, backward.
 
     All arguments are float64; ``loss`` carries the reference and ``jax_loss``
-    is its JAX twin (the same object for a purenet ``Loss``).
+    is its JAX twin (the same object for a purenet ``Loss``).  The nodes'
+    forward is searched only when the network's did not agree as a whole.
     """
-    walk = _Walk()
-    apply = _layer_apply(model)
     outputs, pullback = model.reference.run(params, x, owner=model.name)
-    walk.forward(model.name, apply, pullback, params, x, outputs, "params")
-    if walk.found:
-        return walk.found
+    found = [] if forward_passed else _search_forward(model, pullback, params, x, outputs, "params")
+    if found:
+        return found
     value, g_outputs = loss_reference(loss).value_and_grad(outputs, targets)
-    jax_value, jax_g = jax.value_and_grad(jax_loss)(outputs, targets)
-    _blame(walk, "loss", _name(jax_loss), "loss", (value, g_outputs), (jax_value, jax_g), "g_outputs")
+    of_loss, of_penalty = _jax_cost_parts(jax_loss, regularizer, outputs, targets, params)
+    found = _blame("loss", _name(jax_loss), "loss", (value, g_outputs), of_loss)
     if regularizer is not None:
         penalty = penalty_reference(regularizer).value_and_grad(params)
-        expected = jax.value_and_grad(regularizer)(params)
-        _blame(walk, "penalty", _name(regularizer), "regularizer", penalty, expected, "g_params")
-    if not walk.found:
-        walk.backward(model.name, apply, pullback, params, x, g_outputs, "params")
-    return walk.found
+        found += _blame("penalty", _name(regularizer), "regularizer", penalty, of_penalty, "g_params")
+    return found or _search_backward(model, pullback, params, x, g_outputs, "params")
 
 
-def _blame(walk: _Walk, stage: str, name: str, path: str, ours, theirs, gradient: str) -> None:
-    """Record the loss or penalty when its reference value or gradient differs from JAX's."""
+def _jax_cost_parts(jax_loss: Callable, regularizer: Any, outputs, targets, params) -> tuple[Any, Any]:
+    """JAX's value and gradient of the loss (at the outputs) and of the penalty, in one compiled call."""
+
+    def parts(outputs, targets, params):
+        penalty = None if regularizer is None else jax.value_and_grad(regularizer)(params)
+        return jax.value_and_grad(jax_loss)(outputs, targets), penalty
+
+    return _jit(parts)(outputs, targets, params)
+
+
+def _blame(stage: str, name: str, path: str, ours, theirs, gradient: str = "g_outputs") -> list[Culprit]:
+    """The loss or penalty, when its reference value or gradient differs from JAX's."""
     for part, a, b in (("value", ours[0], theirs[0]), (gradient, ours[1], theirs[1])):
         bad = _worst(a, b)
         if bad is not None:
             label = part if part == "value" else part + bad[0]
-            walk.found.append(Culprit(stage, name, path, label, bad[1], bad[2]))
-            return
+            return [Culprit(stage, name, path, label, bad[1], bad[2])]
+    return []
 
 
 def _name(fn: Any) -> str:
-    return getattr(fn, "name", None) or getattr(fn, "__name__", None) or repr(fn)
+    return getattr(fn, "name", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
 __all__ = ["Culprit", "locate_in_cost", "locate_in_layer"]
