@@ -120,7 +120,10 @@ def _init(draw):
 
 def _apply(draw):
     if draw(st.booleans()):
-        x = draw(st.one_of(other_shape((BATCH, WIDTH)), not_an_array(), wrong_dtype((BATCH, WIDTH))))
+        # Any leading axes are a batch (one unbatched example of shape (WIDTH,) included): only the
+        # feature axis makes an input's shape wrong.
+        wrong_width = other_shape((BATCH, WIDTH)).filter(lambda a: a.shape[-1] != WIDTH)
+        x = draw(st.one_of(wrong_width, not_an_array(), wrong_dtype((BATCH, WIDTH))))
         return lambda: MODEL.apply(PARAMS, x)
     index, leaf = draw(st.integers(0, 2).filter(lambda i: i != 1)), draw(st.sampled_from(["w", "b"]))
     params = list(PARAMS)

@@ -78,7 +78,10 @@ def test_a_wrong_params_gradient_names_the_param():
 
 def swish(np_derivative) -> pn.Layer:
     return pn.elementwise(
-        "Swish", lambda z: z * jax.nn.sigmoid(z), np_fn=lambda z: z * np_sigmoid(z), np_derivative=np_derivative
+        "Swish",
+        lambda z: z * jax.nn.sigmoid(z),
+        np_fn=lambda z: z * np_sigmoid(z),
+        np_derivative=np_derivative,
     )
 
 
@@ -202,7 +205,9 @@ def test_a_float32_constant_inside_a_layer_is_reported_as_precision_where_it_is_
 
 
 def test_a_passing_check_blames_nothing():
-    model = pn.serial(pn.Dense(5), swish(lambda z: np_sigmoid(z) * (1 + z * (1 - np_sigmoid(z)))), pn.Dense(3))
+    model = pn.serial(
+        pn.Dense(5), swish(lambda z: np_sigmoid(z) * (1 + z * (1 - np_sigmoid(z)))), pn.Dense(3)
+    )
     report = pn.check_gradients(model, init(model), X, LABELS, pn.softmax_cross_entropy)
     assert report.passed and report.verdict == "passed" and report.culprit is None
     assert report.value_error <= 1e-12
@@ -229,7 +234,9 @@ def check_the_planted_node_is_named(data):
     planter = Planter(data.draw(st.integers(0, 12), label="planted leaf"), rename_planted)
     model, params, x, targets, loss, regularizer = data.draw(costs(planter))
     assume(planter.planted is not None)
-    report = pn.check_gradients(model, params, x, targets, loss, regularizer=regularizer, raise_on_failure=False)
+    report = pn.check_gradients(
+        model, params, x, targets, loss, regularizer=regularizer, raise_on_failure=False
+    )
     assume(not report.passed)  # an error no leaf can see (a dead unit) is not an error of the cost
     assert report.culprit is not None, str(report)
     assert report.culprit.name == "PLANTED", report.headline
@@ -254,7 +261,7 @@ def _resolves(params, path: str) -> bool:
     """Whether ``params<path>`` names a subtree of the params (a path is its index chain)."""
     assert path.startswith("params")
     try:
-        eval("params" + path.removeprefix("params"), {"params": params})  # noqa: S307 (our own path)
+        eval("params" + path.removeprefix("params"), {"params": params})  # a path purenet built
     except (KeyError, IndexError, TypeError):
         return False
     return True

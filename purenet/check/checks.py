@@ -31,7 +31,7 @@ from purenet.check.precision import precision_sources
 from purenet.check.report import GradientReport
 from purenet.compiled import cached
 from purenet.core import Layer, MissingReferenceError, Reference
-from purenet.losses import loss_reference
+from purenet.losses import Loss, loss_reference
 from purenet.penalties import penalty_reference
 from purenet.reference import checked_pullback, reference_pass
 from purenet.shapes import as_float64, is_shape
@@ -85,25 +85,29 @@ def check_gradients(
     _require_finite_point(subject, params, x)
     with jax.enable_x64(True):
         params64, x64, targets64 = as_float64(params), as_float64(x), as_float64(targets)
-        reference_side, margin = None, np.inf
-        if reference:
-            result, network_margin = reference_pass(model, params64, x64, targets64, loss_ref, regularizer)
-            reference_side = ((result.g_params, result.g_x), result.outputs)
-            margin = _cost_kink_margin(
-                network_margin(), params64, result.outputs, targets64, loss_ref, regularizer
-            )
-        elif regularizer is not None:
-            penalty_reference(regularizer)  # the same error as with a reference, early
+        point = (model, params64, x64, targets64)
+        result, reference_side, margin = _cost_reference(point, loss, loss_ref, regularizer, reference)
         names = leaf_names(params64, "params") + leaf_names(x64, "x")
         scalar = _cost_scalar(model, loss, regularizer)
         report = three_way(subject, scalar, (params64, x64), targets64, names, reference_side, margin, tol)
         if reference:
             report = dataclasses.replace(report, value_error=_value_error(result.cost, report.value))
-        locate = lambda: locate_in_cost(  # noqa: E731
-            model, params64, x64, targets64, loss_ref, loss, regularizer, report.forward_passed
-        )
+        locate = lambda: locate_in_cost(*point, loss_ref, loss, regularizer, report.forward_passed)  # noqa: E731
         report = _conclude(report, locate if reference else None, scalar, (params64, x64), targets64)
     return finish(report, raise_on_failure)
+
+
+def _cost_reference(point: tuple, loss, loss_ref, regularizer, reference: bool):
+    """The reference pass over the cost: (result, (gradients, outputs), kink margin), or early refusals."""
+    model, params, x, targets = point
+    if not reference:
+        _require_targets(model, loss, params, x, targets)
+        if regularizer is not None:
+            penalty_reference(regularizer)  # the same error as with a reference, early
+        return None, None, np.inf
+    result, network_margin = reference_pass(model, params, x, targets, loss_ref, regularizer)
+    margin = _cost_kink_margin(network_margin(), params, result.outputs, targets, loss_ref, regularizer)
+    return result, ((result.g_params, result.g_x), result.outputs), margin
 
 
 def _value_error(reference_cost: float, jax_cost: float) -> float:
@@ -120,6 +124,20 @@ def _conclude(
     culprits = () if locate is None else tuple(locate())
     sources = precision_sources(lambda a, d: scalar(a, d)[0], args, data)
     return diagnose(report, culprits, sources)
+
+
+def _require_targets(model: Layer, loss: Callable, params, x, targets) -> None:
+    """Without the reference pass, a purenet loss's NumPy reference still refuses bad targets by name.
+
+    It runs on zero outputs of the model's output shape: the targets' checks
+    (labels in range, BCE targets in [0, 1], shapes) depend on nothing else,
+    and NumPy compiles nothing.
+    """
+    reference = getattr(loss, "reference", None)
+    if not isinstance(loss, Loss) or reference is None:
+        return
+    outputs = jax.eval_shape(model.apply, params, x)
+    reference.value(jax.tree_util.tree_map(lambda y: np.zeros(y.shape), outputs), targets)
 
 
 def _require_finite_point(subject: str, params: Any, x: Any) -> None:
@@ -198,12 +216,7 @@ def check_layer(
       A ``GradientReport``; raises ``GradientCheckError`` on a wrong backward.
     """
     subject = f"check_layer({layer.name})"
-    if bprop is None and layer.reference is None:
-        raise MissingReferenceError(
-            layer.name,
-            "has no bprop to check; pass check_layer(layer, bprop=...), "
-            "or build the layer with reference=Reference(forward)",
-        )
+    _require_something_to_check(layer, bprop)
     tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
     rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
@@ -211,9 +224,7 @@ def check_layer(
         _require_finite_point(subject, params64, x64)
         ref_outputs, pullback = _layer_pullback(layer, bprop, np_apply, params64, x64)
         reference_side = (checked_pullback(layer.name, params64, x64, pullback)(g_out), ref_outputs)
-        margin = np.inf
-        if layer.reference is not None and layer.reference.kinks is not None:
-            margin = float(layer.reference.kinks(params64, x64))
+        margin = _layer_kink_margin(layer, params64, x64)
         names = leaf_names(params64, "params") + leaf_names(x64, "x")
         scalar = _projection_scalar(layer)
         report = three_way(subject, scalar, (params64, x64), g_out, names, reference_side, margin, tol)
@@ -221,6 +232,21 @@ def check_layer(
             report, _layer_locator(layer, bprop, params64, x64, g_out, report), scalar, (params64, x64), g_out
         )
     return finish(report, raise_on_failure)
+
+
+def _require_something_to_check(layer: Layer, bprop: Callable | None) -> None:
+    if bprop is None and layer.reference is None:
+        raise MissingReferenceError(
+            layer.name,
+            "has no bprop to check; pass check_layer(layer, bprop=...), "
+            "or build the layer with reference=Reference(forward)",
+        )
+
+
+def _layer_kink_margin(layer: Layer, params, x) -> float:
+    if layer.reference is None or layer.reference.kinks is None:
+        return float(np.inf)
+    return float(layer.reference.kinks(params, x))
 
 
 def _layer_locator(layer: Layer, bprop, params, x, g_out, report: GradientReport) -> Callable:

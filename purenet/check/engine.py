@@ -33,7 +33,7 @@ import numpy as np
 from purenet.check.report import Discrepancy, GradientCheckError, GradientReport, LeafCheck
 from purenet.compiled import cached
 from purenet.core import ConfigError
-from purenet.validate import require_number
+from purenet.validate import DataError, require_number
 
 STENCIL = ((-2.0, 1.0), (-1.0, -8.0), (1.0, 8.0), (2.0, -1.0))  # (step multiple, weight / 12h)
 
@@ -289,6 +289,10 @@ def three_way(
     probes = [_probe_directions(np.size(leaf), tol.max_coordinates, tol.directions, rng) for leaf in leaves]
     offsets = np.cumsum([0] + [np.size(leaf) for leaf in leaves])[:-1]
     jax_side = _jax_side(scalar, args, data, [(int(o), d) for o, (d, _) in zip(offsets, probes)], tol.eps)
+    if not np.isfinite(jax_side.value):
+        raise DataError(
+            subject, f"the checked value is {jax_side.value} at this point: there is nothing to compare"
+        )
     ref_leaves, forward_error = [None] * len(leaves), None
     if reference is not None:
         ref_grads, ref_outputs = reference

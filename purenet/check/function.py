@@ -110,8 +110,11 @@ def _arguments(subject: str, f: Callable, args: Any) -> tuple:
             raise InputTypeError(
                 subject, f"{where} must be a floating array (every argument is differentiated), got {got}"
             )
-    if not jax.tree_util.tree_leaves(args):
-        raise ConfigError(subject, "args hold no arrays: there is nothing to differentiate")
+    for i, arg in enumerate(args):
+        if not jax.tree_util.tree_leaves(arg):
+            raise InputTypeError(
+                subject, f"args[{i}] holds no array to differentiate, got {describe_tree(arg)}"
+            )
     require_finite(subject, "args", args)
     return args
 
