@@ -265,3 +265,34 @@ def _resolves(params, path: str) -> bool:
     except (KeyError, IndexError, TypeError):
         return False
     return True
+
+
+class MisvaluedL2(DoubledL2):
+    """An L2 penalty whose reference value forgets the 1/2 (its gradient is right)."""
+
+    name = "MisvaluedL2"
+
+    @property
+    def reference(self):
+        right = pn.L2Penalty(0.1).reference
+
+        def forward(params):
+            value, pullback = right.forward(params)
+            return 2 * value, pullback
+
+        return pn.Reference(forward)
+
+
+def test_a_wrong_penalty_value_fails_the_cost_and_is_located():
+    model = pn.serial(pn.Dense(5), pn.Tanh(), pn.Dense(3))
+    report = failure(model, init(model), regularizer=MisvaluedL2())
+    assert report.verdict == "forward" and report.value_error > 1e-3
+    assert report.culprit[:4] == ("penalty", "MisvaluedL2", "regularizer", "value")
+    assert all(leaf.passed for leaf in report.leaves)  # only the value is wrong
+
+
+def test_check_layer_locates_a_slip_inside_a_combinator():
+    block = pn.residual(pn.serial(pn.Dense(3), planted(pn.Tanh(), flipped_sign)))
+    with pytest.raises(pn.GradientCheckError) as caught:
+        pn.check_layer(block, (4, 3))
+    assert caught.value.report.culprit[:4] == ("backward", "Tanh", "params['block'][1]", "g_x")
