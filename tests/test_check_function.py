@@ -210,3 +210,109 @@ def test_fuzzed_bad_arguments_end_in_a_purenet_error(bad, where):
     args[where] = bad
     with pytest.raises(pn.PurenetError):
         pn.check_function(lambda a, b: jnp.sum(a * b), tuple(args), grad=lambda a, b: (b, a))
+
+
+# ---------------------------------------------------------------------------
+# Found by a hostile-input hunt against the checker
+# ---------------------------------------------------------------------------
+
+
+def test_a_second_check_of_the_same_function_reads_its_data_afresh():
+    data = {"A": np.array([[1.0, 2.0], [3.0, 4.0]])}
+    f = lambda x: jnp.sum((jnp.asarray(data["A"]) @ x) ** 2)  # noqa: E731
+    grad = lambda x: 2 * data["A"].T @ (data["A"] @ x)  # noqa: E731
+    x = np.array([0.5, -1.0])
+    assert pn.check_function(f, x, grad=grad).passed
+    data["A"] = np.array([[5.0, -1.0], [0.0, 2.0]])  # the next notebook cell
+    report = pn.check_function(f, x, grad=grad)
+    assert report.passed and report.value == pytest.approx(16.25)
+
+
+@pytest.mark.parametrize(
+    "f, wrong",
+    [
+        (lambda x: 1e-15 * jnp.sum(x**2), lambda x: -2e-15 * x),  # a tiny gradient, flipped
+        (lambda x: 1e13 + 1e-3 * jnp.sum(x**2), lambda x: -2e-3 * x),  # a large constant in f
+        (lambda x: 1e-15 * jnp.sum(x**2), lambda x: np.zeros(3)),
+    ],
+    ids=["tiny", "offset", "zero"],
+)
+def test_no_absolute_floor_lets_a_wrong_gradient_pass(f, wrong):
+    with pytest.raises(pn.GradientCheckError):
+        pn.check_function(f, X, grad=wrong)
+
+
+def test_an_exact_float32_mask_does_not_excuse_a_wrong_custom_vjp():
+    @jax.custom_vjp
+    def sine(x):
+        return jnp.sin(x)
+
+    sine.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (1.05 * jnp.cos(x) * g,))  # 5% off
+    mask = jnp.ones(3)  # float32, but ones lose nothing to rounding
+    with pytest.raises(pn.GradientCheckError) as caught:
+        pn.check_function(lambda x: jnp.sum(sine(x) * mask), X)
+    assert caught.value.report.verdict == "derivation"
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_a_narrow_cast_of_any_float_dtype_is_precision(dtype):
+    f = lambda x: jnp.sum(jnp.sin(x).astype(dtype).astype(jnp.float64) * x)  # noqa: E731
+    with pytest.raises(pn.GradientCheckError) as caught:
+        pn.check_function(f, X, grad=lambda x: np.sin(x) + x * np.cos(x))
+    assert caught.value.report.verdict == "precision"
+
+
+def test_a_gradient_returned_in_float32_is_precision_naming_it():
+    with pytest.raises(pn.GradientCheckError, match="your derivative returned float32 for x"):
+        pn.check_function(lambda x: jnp.sum(jnp.sin(x)), X, grad=lambda x: np.cos(x).astype(np.float32))
+
+
+def test_outputs_and_arguments_of_any_pytree_kind():
+    assert pn.check_function(lambda x: {"loss": jnp.sum(x**2)}, X, grad=lambda x: 2 * x).passed
+    import collections
+
+    Pair = collections.namedtuple("Pair", "w b")
+    assert pn.check_function(
+        lambda p: jnp.sum(p.w * p.b), Pair(X, X + 1), grad=lambda p: Pair(p.b, p.w)
+    ).passed
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: pn.check_function(lambda k: 1.0, jax.random.key(0)),
+        lambda: pn.check_function(lambda x: np.sum(np.sin(x)), X),
+        lambda: pn.check_function(lambda x: None, X, vjp=lambda x, g: x),
+        lambda: pn.check_function(lambda x: jnp.sum(x), X, directions=10**9),
+        lambda: pn.check_layer(pn.Dense(2), None),
+        lambda: pn.check_layer(pn.Dense(2), "abc"),
+        lambda: pn.check_layer(pn.Dense(2), (-3, 3)),
+        lambda: pn.check_layer(lambda x: x),
+        lambda: pn.check_layer(pn.Tanh(), (4, 3), bprop=lambda p, x, g: ((), g), np_apply=lambda p, x: None),
+        lambda: pn.check_layer(pn.Tanh(), (4, 3), bprop=lambda p, x, g: ((), g), np_apply=lambda p, x: (x,)),
+    ],
+    ids=[
+        "key",
+        "numpy f",
+        "None f",
+        "directions",
+        "None shape",
+        "str shape",
+        "-3",
+        "lambda",
+        "np None",
+        "np tuple",
+    ],
+)
+def test_what_the_checks_cannot_take_is_refused_by_name(call):
+    with pytest.raises(pn.PurenetError):
+        call()
+
+
+def test_integer_inputs_to_check_gradients_are_refused_by_name():
+    model = pn.serial(pn.Dense(3))
+    params = model.init(jax.random.PRNGKey(0), (-1, 4))[1]
+    with pytest.raises(pn.InputTypeError, match="x must be floating"):
+        pn.check_gradients(
+            model, params, np.arange(8).reshape(2, 4), np.array([0, 1]), pn.softmax_cross_entropy
+        )

@@ -30,11 +30,11 @@ from purenet.check.locate import Culprit, locate_in_cost, locate_in_layer
 from purenet.check.precision import precision_sources
 from purenet.check.report import GradientReport
 from purenet.compiled import cached
-from purenet.core import Layer, MissingReferenceError, Reference
+from purenet.core import ConfigError, InputTypeError, Layer, MissingReferenceError, Reference, check_like
 from purenet.losses import Loss, loss_reference
 from purenet.penalties import penalty_reference
 from purenet.reference import checked_pullback, reference_pass
-from purenet.shapes import as_float64, is_shape
+from purenet.shapes import as_float64, is_shape, normalize_shape
 from purenet.validate import require_finite
 
 
@@ -79,7 +79,7 @@ def check_gradients(
     Returns:
       A ``GradientReport``; ``print(report)`` shows the table.
     """
-    subject = f"check_gradients({model.name})"
+    subject = _require_layer("check_gradients", model)
     tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
     loss_ref = reference_loss if reference_loss is not None else loss
     _require_finite_point(subject, params, x)
@@ -141,9 +141,27 @@ def _require_targets(model: Layer, loss: Callable, params, x, targets) -> None:
 
 
 def _require_finite_point(subject: str, params: Any, x: Any) -> None:
-    """The point a check differentiates at: NaN there makes every comparison meaningless."""
+    """The point a check differentiates at: floating (it is differentiated) and finite (NaN means nothing)."""
+    for argument, tree in (("params", params), ("x", x)):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            dtype = getattr(leaf, "dtype", None) or np.asarray(leaf).dtype
+            if not jnp.issubdtype(dtype, jnp.floating):
+                where = argument + jax.tree_util.keystr(path)
+                raise InputTypeError(
+                    subject, f"{where} must be floating (it is differentiated), got dtype {dtype}"
+                )
     require_finite(subject, "params", params)
     require_finite(subject, "x", x)
+
+
+def _require_layer(check: str, layer: Any) -> str:
+    """``check(layer.name)``, the subject of every message; anything but a purenet Layer refused."""
+    if not isinstance(layer, Layer):
+        got = getattr(layer, "__name__", type(layer).__name__)
+        raise ConfigError(
+            check, f"expected a purenet.Layer to check, got {got}; wrap a function with pn.Layer"
+        )
+    return f"{check}({layer.name})"
 
 
 @cached
@@ -169,11 +187,14 @@ def _cost_kink_margin(margin: float, params, outputs, targets, loss, regularizer
     return margin
 
 
-def _example_input(input_shape: Any, rng: np.random.Generator) -> Any:
+def _example_input(owner: str, input_shape: Any, rng: np.random.Generator) -> Any:
     """A standard normal input of ``input_shape`` (a tuple of shapes gives a tuple of inputs)."""
     if is_shape(input_shape):
-        return rng.standard_normal(tuple(2 if d in (-1, None) else d for d in input_shape))
-    return tuple(_example_input(shape, rng) for shape in input_shape)
+        shape = normalize_shape(owner, input_shape)  # refuses -5, bools, an empty shape by name
+        return rng.standard_normal(tuple(2 if d == -1 else d for d in shape))
+    if not isinstance(input_shape, (tuple, list)) or not input_shape:
+        raise ConfigError(owner, f"input_shape must be a shape or a tuple of shapes, got {input_shape!r}")
+    return tuple(_example_input(owner, shape, rng) for shape in input_shape)
 
 
 def check_layer(
@@ -215,7 +236,7 @@ def check_layer(
     Returns:
       A ``GradientReport``; raises ``GradientCheckError`` on a wrong backward.
     """
-    subject = f"check_layer({layer.name})"
+    subject = _require_layer("check_layer", layer)
     _require_something_to_check(layer, bprop)
     tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
     rng = np.random.default_rng(seed)
@@ -260,7 +281,7 @@ def _layer_locator(layer: Layer, bprop, params, x, g_out, report: GradientReport
 
 def _layer_point(layer: Layer, input_shape, params, x, seed: int, rng: np.random.Generator):
     """float64 params and input to check a layer at, and a random cotangent of its output's shape."""
-    x64 = as_float64(_example_input(input_shape, rng) if x is None else x)
+    x64 = as_float64(_example_input(layer.name, input_shape, rng) if x is None else x)
     if params is None:
         params = layer.init(jax.random.PRNGKey(seed), jax.tree_util.tree_map(np.shape, x64))[1]
     params64 = as_float64(params)
@@ -272,7 +293,12 @@ def _layer_point(layer: Layer, input_shape, params, x, seed: int, rng: np.random
 def _layer_pullback(layer: Layer, bprop, np_apply, params, x) -> tuple[Any, Callable]:
     """The reference outputs (or None) and the pullback to check: the user's ``bprop`` or the layer's."""
     if bprop is not None:
-        outputs = None if np_apply is None else np_apply(params, x)
+        outputs = None
+        if np_apply is not None:  # its output is compared, so it must be shaped like apply's
+            outputs = np_apply(params, x)
+            check_like(
+                outputs, jax.eval_shape(layer.apply, params, x), layer=layer.name, what="np_apply's output"
+            )
         return outputs, lambda g: bprop(params, x, g)
     return layer.reference.run(params, x, owner=layer.name)
 

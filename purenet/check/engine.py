@@ -179,8 +179,9 @@ class Tolerances:
       fd_rtol: tolerance of finite differences against either, relative
         (the checks' ``rtol``).
       atol: absolute floor of the FD comparisons, times max(1, |J|), for
-        leaves whose gradient is ~0; the reference comparison uses 1e-4 of
-        it, since the reference and JAX differ only by rounding.
+        leaves whose gradient is ~0; the reference comparison's floor is
+        1e-4 of it times the largest gradient entry (not |J|), since the
+        reference and JAX differ only by rounding.
       eps: the finite-difference step h.
       max_coordinates: leaves with at most this many entries are probed
         coordinate by coordinate; larger ones along ``directions`` random
@@ -208,8 +209,8 @@ def tolerances(subject: str, *values: Any) -> Tolerances:
     for field in ("reference_rtol", "fd_rtol", "atol"):
         require_number(subject, _ARGUMENT.get(field, field), getattr(tol, field), low=0.0)
     require_number(subject, "eps", tol.eps, low=0.0, low_open=True, high=1.0)
-    for field in ("max_coordinates", "directions", "seed"):
-        require_number(subject, field, getattr(tol, field), low=0, integer=True)
+    for field, most in (("max_coordinates", 10**6), ("directions", 10**4), ("seed", 2**63 - 1)):
+        require_number(subject, field, getattr(tol, field), low=0, high=most, integer=True)
     if tol.max_coordinates == 0 and tol.directions == 0:
         raise ConfigError(
             subject, "max_coordinates=0 and directions=0 probe nothing: a check of nothing cannot pass"
@@ -226,10 +227,11 @@ def _compare_leaf(
     g_ref: np.ndarray | None,
     fd: np.ndarray,
     probe,
-    atol: float,
+    floors: tuple[float, float],
     tol: Tolerances,
 ) -> LeafCheck:
-    """The three pairwise comparisons for one leaf."""
+    """The three pairwise comparisons for one leaf; ``floors``: (finite differences', the reference's)."""
+    atol, reference_floor = floors
     directions, by_coordinates = probe
     shape = g_jax.shape
     scale = float(np.max(np.abs(g_jax), initial=0.0))
@@ -247,11 +249,10 @@ def _compare_leaf(
     def against_fd(g):
         return _compare(fd, project(g), fd_scale, tol.fd_rtol, atol, label)
 
-    # The reference and JAX differ only by rounding, hence a much smaller floor.
     reference_vs_jax = (
         None
         if g_ref is None
-        else _compare(g_ref, g_jax, scale, tol.reference_rtol, atol * 1e-4, _index_label(shape))
+        else _compare(g_ref, g_jax, scale, tol.reference_rtol, reference_floor, _index_label(shape))
     )
     return LeafCheck(
         name,
@@ -300,8 +301,12 @@ def three_way(
         if ref_outputs is not None:
             forward_error = _relative_difference(ref_outputs, jax_side.outputs)
     atol = tol.atol * max(1.0, abs(jax_side.value))
+    # The reference and JAX differ only by rounding, so their floor scales with the gradient itself:
+    # a floor scaled by |J| would pass any gradient far smaller than J (or than a constant added to J).
+    gradient_scale = max((float(np.max(np.abs(g), initial=0.0)) for g in jax_side.grads), default=0.0)
+    reference_floor = tol.atol * 1e-4 * gradient_scale
     checks = tuple(
-        _compare_leaf(name, g_jax, g_ref, fd, probe, atol, tol)
+        _compare_leaf(name, g_jax, g_ref, fd, probe, (atol, reference_floor), tol)
         for name, g_jax, g_ref, fd, probe in zip(names, jax_side.grads, ref_leaves, jax_side.fd, probes)
     )
     return GradientReport(

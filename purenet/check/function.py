@@ -32,9 +32,8 @@ import numpy as np
 
 from purenet.check.diagnose import diagnose
 from purenet.check.engine import finish, leaf_names, three_way, tolerances
-from purenet.check.precision import precision_sources
+from purenet.check.precision import PrecisionSource, precision_sources
 from purenet.check.report import GradientReport
-from purenet.compiled import cached
 from purenet.core import ConfigError, InputTypeError, check_like, describe_tree, dtype_kind
 from purenet.shapes import as_float64
 from purenet.validate import require_finite
@@ -91,7 +90,12 @@ def check_function(
         scalar = _function_scalar(f, scalar_output)
         names = _names(f, args64)
         report = three_way(subject, scalar, args64, data, names, reference_side, np.inf, tol)
-        sources = () if report.passed else precision_sources(lambda a, d: scalar(a, d)[0], args64, data)
+        sources = ()
+        if not report.passed:
+            given = () if reference_side is None else reference_side[0]
+            sources = _narrow_results(given, names) + precision_sources(
+                lambda a, d: scalar(a, d)[0], args64, data
+            )
     return finish(diagnose(report, (), sources), raise_on_failure)
 
 
@@ -99,14 +103,18 @@ def _arguments(subject: str, f: Callable, args: Any) -> tuple:
     """``args`` as a tuple of pytrees of finite floating arrays; anything else refused by name."""
     if not callable(f):
         raise ConfigError(subject, f"f must be a function, got {describe_tree(f)}")
-    args = args if isinstance(args, tuple) else (args,)
+    args = args if type(args) is tuple else (args,)  # a namedtuple is one argument, not the arguments
     if not args:
         raise ConfigError(subject, "args is empty: a function of nothing has no derivative to check")
     for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
         where = f"args{jax.tree_util.keystr(path)}"
-        kind = dtype_kind(getattr(leaf, "dtype", np.asarray(leaf).dtype)) if _array_like(leaf) else None
+        kind = _kind(leaf)
         if kind != "floating":
-            got = describe_tree(leaf) if kind is None else f"dtype {np.asarray(leaf).dtype}"
+            got = (
+                describe_tree(leaf)
+                if kind is None
+                else f"dtype {getattr(leaf, 'dtype', None) or np.asarray(leaf).dtype}"
+            )
             raise InputTypeError(
                 subject, f"{where} must be a floating array (every argument is differentiated), got {got}"
             )
@@ -117,6 +125,16 @@ def _arguments(subject: str, f: Callable, args: Any) -> tuple:
             )
     require_finite(subject, "args", args)
     return args
+
+
+def _kind(leaf: Any) -> str | None:
+    """The leaf's dtype kind ("floating", ...), or None for what is not an array (a PRNG key included)."""
+    if not _array_like(leaf):
+        return None
+    try:
+        return dtype_kind(getattr(leaf, "dtype", None) or np.asarray(leaf).dtype)
+    except TypeError:  # an extended dtype such as a typed PRNG key
+        return None
 
 
 def _array_like(leaf: Any) -> bool:
@@ -133,8 +151,16 @@ def _require_derivative(subject: str, grad: Callable | None, vjp: Callable | Non
 
 def _is_scalar(subject: str, f: Callable, args: tuple, grad: Callable | None) -> bool:
     """Whether f returns one scalar; a grad for an array-valued f is refused."""
-    out = jax.eval_shape(f, *args)
+    try:
+        out = jax.eval_shape(f, *args)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as error:
+        raise InputTypeError(
+            subject,
+            f"f must be written in jax.numpy (it is traced to be differentiated): {type(error).__name__}",
+        ) from None
     leaves = jax.tree_util.tree_leaves(out)
+    if not leaves:
+        raise InputTypeError(subject, f"f must return arrays, got {describe_tree(out)}")
     for leaf in leaves:
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             raise InputTypeError(subject, f"f must return floating arrays, got dtype {leaf.dtype}")
@@ -160,18 +186,33 @@ def _as_gradients(subject: str, given: Any, args: tuple, name: str) -> tuple:
     return given
 
 
-@cached
 def _function_scalar(f: Callable, scalar_output: bool) -> Callable:
-    """``(args, g_out) -> (value, output)``: f itself, or the projection sum(f(args) * g_out)."""
+    """``(args, g_out) -> (value, output)``: f itself, or the projection sum(f(args) * g_out).
+
+    Built afresh for every check, never cached: a plain function often reads
+    a global or a closure (the next notebook cell's data), which a compiled
+    and cached f would keep at its first value.
+    """
 
     def scalar(args, g_out):
         y = f(*args)
-        if scalar_output:
-            return jnp.asarray(y).reshape(()) * g_out, y
+        if scalar_output:  # one scalar leaf, possibly inside a dict or tuple
+            return jnp.reshape(jax.tree_util.tree_leaves(y)[0], ()) * g_out, y
         products = jax.tree_util.tree_map(lambda y_i, g_i: jnp.sum(y_i * g_i), y, g_out)
         return sum(jax.tree_util.tree_leaves(products)), y
 
     return scalar
+
+
+def _narrow_results(gradients: Any, names: list[str]) -> tuple[PrecisionSource, ...]:
+    """The user's gradient leaves computed below float64 (a float32 derivation rounds like one)."""
+    return tuple(
+        PrecisionSource(f"your derivative returned {np.dtype(leaf.dtype)} for {name}", np.dtype(leaf.dtype))
+        for name, leaf in zip(names, jax.tree_util.tree_leaves(gradients))
+        if hasattr(leaf, "dtype")
+        and jnp.issubdtype(leaf.dtype, jnp.floating)
+        and np.dtype(leaf.dtype).itemsize < 8
+    )
 
 
 def _names(f: Callable, args: tuple) -> list[str]:

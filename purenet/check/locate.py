@@ -32,7 +32,15 @@ from purenet.check.engine import jit_for_checks as _jit
 from purenet.core import Layer, Params
 from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
-from purenet.reference import GraphPullback, checked_pullback, graph_backward, node_input, node_params, step
+from purenet.reference import (
+    Graph,
+    GraphPullback,
+    checked_pullback,
+    graph_backward,
+    node_input,
+    node_params,
+    step,
+)
 
 _ROUNDING = 1e-12  # a floor relative to the node's largest entry: float64 rounding, never a derivation
 
@@ -125,7 +133,7 @@ def _forward_records(name, apply, pullback, params, x, value, path, records: lis
                 node_params(pullback.graph, node, pullback.params),
                 node_input(node, pullback.values),
                 pullback.values[index + 1],
-                _node_path(path, node),
+                _node_path(path, node, pullback.graph),
                 records,
             )
     if apply is not None:
@@ -138,7 +146,7 @@ def _backward_records(name, apply, pullback, params, x, g, path, records: list):
     if isinstance(pullback, GraphPullback):
 
         def pull(index, node, p, node_x, g_node):
-            here = _node_path(path, node)
+            here = _node_path(path, node, pullback.graph)
             return _backward_records(
                 node.name, node.apply, pullback.pullbacks[index], p, node_x, g_node, here, records
             )
@@ -203,9 +211,11 @@ def _compare(record: _Record, twin: Any, stage: str) -> Culprit | None:
     return None
 
 
-def _node_path(path: str, node) -> str:
+def _node_path(path: str, node, graph) -> str:
     if node.params_key is None:
         return f"{path} (its {node.name} node)"
+    if graph.take is not Graph._field_defaults["take"]:  # repeat: copy k is slice k of every stacked leaf
+        return f"{path} (copy {node.params_key} of the stacked params)"
     return path + step(node.params_key)
 
 

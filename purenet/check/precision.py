@@ -25,10 +25,16 @@ import numpy as np
 
 
 class PrecisionSource(NamedTuple):
-    """Where a value narrower than float64 enters a function checked in float64."""
+    """Where a value narrower than float64 enters a function checked in float64.
+
+    ``cast``: the function computes in the narrow dtype (its finite
+    differences are then noisy too); otherwise a rounded constant (the
+    function is computed exactly, on slightly different numbers).
+    """
 
     description: str
     dtype: np.dtype
+    cast: bool = False
 
     def __str__(self) -> str:
         return self.description
@@ -45,8 +51,8 @@ def _where(eqn: Any) -> str:
 
 
 def _narrow(dtype: Any) -> bool:
-    dtype = np.dtype(dtype)
-    return np.issubdtype(dtype, np.floating) and dtype.itemsize < 8
+    # jnp.issubdtype knows bfloat16, which NumPy's does not count as floating.
+    return jnp.issubdtype(dtype, jnp.floating) and np.dtype(dtype).itemsize < 8
 
 
 def _sub_jaxprs(eqn: Any) -> Iterator[Any]:
@@ -57,14 +63,23 @@ def _sub_jaxprs(eqn: Any) -> Iterator[Any]:
         if isinstance(value, (tuple, list)):
             stack.extend(value)
         elif hasattr(value, "eqns"):
-            yield value
+            yield value, [None] * len(value.constvars)
         elif hasattr(value, "jaxpr") and hasattr(value, "consts"):
-            yield value.jaxpr
+            yield value.jaxpr, value.consts
 
 
-def _scan(jaxpr: Any, found: list[PrecisionSource]) -> None:
-    for var in jaxpr.constvars:
-        if _narrow(var.aval.dtype):
+def _exact(const: Any) -> bool:
+    """Integer-valued (ones, masks, an identity): such a constant lost nothing to rounding."""
+    try:
+        values = np.asarray(const, np.float64)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.all(values == np.round(values)))
+
+
+def _scan(jaxpr: Any, consts: Any, found: list[PrecisionSource]) -> None:
+    for var, const in zip(jaxpr.constvars, consts):
+        if _narrow(var.aval.dtype) and not _exact(const):
             user = next((e for e in jaxpr.eqns if any(v is var for v in e.invars)), None)
             shape, dtype = tuple(var.aval.shape), np.dtype(var.aval.dtype)
             used = "" if user is None else f", used first by {_where(user)}"
@@ -76,9 +91,9 @@ def _scan(jaxpr: Any, found: list[PrecisionSource]) -> None:
             source = np.dtype(eqn.invars[0].aval.dtype)
             if not _narrow(source) and np.issubdtype(source, np.floating):
                 dtype = np.dtype(eqn.params["new_dtype"])
-                found.append(PrecisionSource(f"a cast from {source} to {dtype}: {_where(eqn)}", dtype))
-        for sub in _sub_jaxprs(eqn):
-            _scan(sub, found)
+                found.append(PrecisionSource(f"a cast from {source} to {dtype}: {_where(eqn)}", dtype, True))
+        for sub, sub_consts in _sub_jaxprs(eqn):
+            _scan(sub, sub_consts, found)
 
 
 def precision_sources(fn: Callable, *args: Any) -> tuple[PrecisionSource, ...]:
@@ -86,7 +101,7 @@ def precision_sources(fn: Callable, *args: Any) -> tuple[PrecisionSource, ...]:
     with jax.enable_x64(True):
         closed = jax.make_jaxpr(fn)(*args)
     found: list[PrecisionSource] = []
-    _scan(closed.jaxpr, found)
+    _scan(closed.jaxpr, closed.consts, found)
     unique = {source.description: source for source in found}
     return tuple(unique.values())
 
