@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import networks
+from strategies import networks, random_params
 
 import purenet as pn
 from purenet.summary import summary_rows
@@ -67,7 +67,11 @@ def test_grad_of_the_input(key):
 @settings(max_examples=25, deadline=None)
 @given(networks(), st.integers(1, 8), st.integers(1, 5))
 def test_inferred_shape_matches_apply(model, width, batch):
-    out_shape, params = model.init(jax.random.PRNGKey(0), (-1, width))
-    y = model.apply(params, jnp.ones((batch, width)))
+    # Shapes only, traced and never compiled: eager init and apply compiled every op of every random
+    # network anew (about 4 s a network).
+    promised = []
+    jax.eval_shape(lambda key: promised.append(model.init(key, (-1, width))), jax.random.PRNGKey(0))
+    out_shape, params = promised[0][0], random_params(model, (-1, width), np.random.default_rng(batch))
+    y = jax.eval_shape(model.apply, params, np.ones((batch, width)))
     assert y.shape == (batch, *out_shape[1:])
     assert pn.count_params(params) == summary_rows(model, (-1, width))[0].params

@@ -305,7 +305,7 @@ def _small_network():
         (dict(rtol=-1.0), r"rtol must be a finite real number >= 0, got -1.0"),
         (dict(atol=math.inf), r"atol must be a finite real number >= 0, got inf"),
         (dict(reference_rtol="1e-10"), r"reference_rtol must be a finite real number >= 0"),
-        (dict(directions=1.5), r"directions must be an integer >= 0, got 1.5"),
+        (dict(directions=1.5), r"directions must be an integer in \[0, 10000\], got 1.5"),
         (dict(max_coordinates=0, directions=0), r"max_coordinates=0 and directions=0 probe nothing"),
     ],
 )
