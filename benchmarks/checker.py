@@ -19,24 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import machine, median_seconds
 
 import purenet as pn
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def planted_tanh() -> pn.Layer:
@@ -66,8 +55,8 @@ def main() -> None:
     def check(m=None, **kwargs):
         return pn.check_gradients(m or model, params, x, labels, pn.softmax_cross_entropy, **kwargs)
 
-    first = timed(lambda: check(mlp()), repeats)
-    warm = timed(check, repeats)
+    first = median_seconds(lambda: check(mlp()), repeats, warmups=0)
+    warm = median_seconds(check, repeats, warmups=0)
 
     A, point = rng.standard_normal((50, 1000)), rng.standard_normal(1000)
 
@@ -77,15 +66,17 @@ def main() -> None:
         return A.T @ (p / p.sum())
 
     f = lambda x: jax.nn.logsumexp(jnp.asarray(A) @ x)  # noqa: E731
-    function_first = timed(lambda: pn.check_function(lambda x: f(x), point, grad=grad), repeats)
-    function_warm = timed(lambda: pn.check_function(f, point, grad=grad), repeats)
+    function_first = median_seconds(
+        lambda: pn.check_function(lambda x: f(x), point, grad=grad), repeats, warmups=0
+    )
+    function_warm = median_seconds(lambda: pn.check_function(f, point, grad=grad), repeats, warmups=0)
 
-    failing = timed(lambda: check(mlp(planted_tanh()), raise_on_failure=False), repeats)
+    failing = median_seconds(lambda: check(mlp(planted_tanh()), raise_on_failure=False), repeats, warmups=0)
     report = check(mlp(planted_tanh()), raise_on_failure=False)
     print(
         json.dumps(
             {
-                "machine": platform.processor() or platform.machine(),
+                "machine": machine(),
                 "jax": jax.__version__,
                 "backend": jax.default_backend(),
                 "params": pn.count_params(params),
