@@ -80,8 +80,9 @@ def check_function(
     rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
         args64 = tuple(as_float64(args))
-        scalar_output = _is_scalar(subject, f, args64, grad)
-        data = np.float64(1.0) if scalar_output else _cotangent(f, args64, rng)
+        output = _output_shapes(subject, f, args64, grad)
+        scalar_output = _is_scalar(output)
+        data = np.float64(1.0) if scalar_output else _cotangent(output, rng)
         reference_side = None
         if grad is not None:
             reference_side = (_as_gradients(subject, grad(*args64), args64, "grad"), None)
@@ -149,8 +150,8 @@ def _require_derivative(subject: str, grad: Callable | None, vjp: Callable | Non
             raise ConfigError(subject, f"{name} must be a function, got {describe_tree(fn)}")
 
 
-def _is_scalar(subject: str, f: Callable, args: tuple, grad: Callable | None) -> bool:
-    """Whether f returns one scalar; a grad for an array-valued f is refused."""
+def _output_shapes(subject: str, f: Callable, args: tuple, grad: Callable | None) -> Any:
+    """f's output shapes (traced once, never run); a non-floating output, or grad for an array f, refused."""
     try:
         out = jax.eval_shape(f, *args)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as error:
@@ -164,15 +165,19 @@ def _is_scalar(subject: str, f: Callable, args: tuple, grad: Callable | None) ->
     for leaf in leaves:
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             raise InputTypeError(subject, f"f must return floating arrays, got dtype {leaf.dtype}")
-    scalar = len(leaves) == 1 and leaves[0].shape == ()
-    if grad is not None and not scalar:
+    if grad is not None and not _is_scalar(out):
         raise ConfigError(subject, f"f returns {describe_tree(out)}, not a scalar: give its vjp=, not grad=")
-    return scalar
+    return out
 
 
-def _cotangent(f: Callable, args: tuple, rng: np.random.Generator) -> Any:
+def _is_scalar(output: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(output)
+    return len(leaves) == 1 and leaves[0].shape == ()
+
+
+def _cotangent(output: Any, rng: np.random.Generator) -> Any:
     """A standard normal cotangent shaped like f's output (seeded, so a check is repeatable)."""
-    return jax.tree_util.tree_map(lambda y: rng.standard_normal(y.shape), jax.eval_shape(f, *args))
+    return jax.tree_util.tree_map(lambda y: rng.standard_normal(y.shape), output)
 
 
 def _as_gradients(subject: str, given: Any, args: tuple, name: str) -> tuple:

@@ -43,6 +43,7 @@ from purenet.reference import (
 )
 
 _ROUNDING = 1e-12  # a floor relative to the node's largest entry: float64 rounding, never a derivation
+_RTOL = 1e-9  # per node; the network-level reference tolerance is 1e-10 of a far larger sum
 
 
 class Culprit(NamedTuple):
@@ -95,9 +96,6 @@ def _worst(reference: Any, expected: Any) -> tuple[str, float, str] | None:
             where = str(tuple(int(i) for i in np.unravel_index(flat, e.shape))) if e.shape else "()"
             return jax.tree_util.keystr(path), float(diff.flat[flat]) / max(leaf_scale, 1e-300), where
     return None
-
-
-_RTOL = 1e-9  # per node; the network-level reference tolerance is 1e-10 of a far larger sum
 
 
 class _Record(NamedTuple):
@@ -159,19 +157,18 @@ def _backward_records(name, apply, pullback, params, x, g, path, records: list):
     return result
 
 
-def _jax_twins(records: list[_Record], backward: bool, extra: Callable | None = None) -> tuple[list, Any]:
+def _jax_twins(records: list[_Record], backward: bool) -> list:
     """Each record's JAX side in one compiled call: apply(params, x), or jax.vjp of it fed g.
 
-    One compilation for the whole search (with ``extra()``, the loss's and
-    penalty's JAX side, riding along): eagerly, every primitive of every node
-    would compile on its own for each new shape.
+    One compilation for the whole search: eagerly, every primitive of every
+    node would compile on its own for each new shape.
     """
 
     def twins(inputs):
-        out = []
-        for record, (p, x, g) in zip(records, inputs):
-            out.append(jax.vjp(record.apply, p, x)[1](g) if backward else record.apply(p, x))
-        return out, None if extra is None else extra()
+        return [
+            jax.vjp(record.apply, p, x)[1](g) if backward else record.apply(p, x)
+            for record, (p, x, g) in zip(records, inputs)
+        ]
 
     return _jit(twins)([(r.params, r.x, r.value if backward else None) for r in records])
 
@@ -184,12 +181,12 @@ def _blamed(records: list[_Record], stage: str) -> list[Culprit]:
     """
     nodes = [r for r in records if not r.composite]
     culprits = [
-        c for r, t in zip(nodes, _jax_twins(nodes, stage == "backward")[0]) if (c := _compare(r, t, stage))
+        c for r, t in zip(nodes, _jax_twins(nodes, stage == "backward")) if (c := _compare(r, t, stage))
     ]
     if culprits:
         return culprits
     composites, blamed = [r for r in records if r.composite], []
-    twins = _jax_twins(composites, stage == "backward")[0] if composites else []
+    twins = _jax_twins(composites, stage == "backward") if composites else []
     for record, twin in zip(composites, twins):
         if any(record.first <= inner.own < record.own for inner, _ in blamed):
             continue
