@@ -23,6 +23,7 @@ from purenet.core import (
     ShapeError,
     check_like,
 )
+from purenet.cost_reference import reference_ggn_vp, reference_gradient, reference_hvp
 from purenet.curvature import (
     CGResult,
     CurvatureOperator,
@@ -82,7 +83,6 @@ from purenet.losses import (
 )
 from purenet.penalties import L1Penalty, L2Penalty, l1_penalty, l2_penalty
 from purenet.precision import Policy, mixed_precision, policy
-from purenet.reference import reference_gradient
 from purenet.repeat import repeat
 from purenet.summary import count_params, summary
 from purenet.textbook import textbook_mlp_gradient
@@ -199,7 +199,9 @@ __all__ = [
     "plot_spectral_density",
     "policy",
     "reference",
+    "reference_ggn_vp",
     "reference_gradient",
+    "reference_hvp",
     "repeat",
     "residual",
     "serial",

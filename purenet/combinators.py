@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from purenet.core import ConfigError, Layer, ParamsError, Reference, ShapeError, describe_tree, located
-from purenet.layers.dense import matmul_bprop
+from purenet.layers.dense import matmul_bprop, matmul_r_bprop
 from purenet.layers.joins import (
     CONCAT_REFERENCE,
     PACK_REFERENCE,
@@ -269,7 +269,17 @@ def _projection_forward(params, x):
     return x @ params["w"], pullback
 
 
-_PROJECTION_REFERENCE = Reference(_projection_forward)
+def _projection_rop(params, x, v, r_x):
+    """R{y} = R{x} w + x v_w; the R-pullback's cross terms as for Dense (``matmul_r_bprop``)."""
+
+    def pullback(g, r_g):
+        (g_w, g_x), (r_g_w, r_g_x) = matmul_r_bprop(x, params["w"], r_x, v["w"], g, r_g)
+        return ({"w": g_w}, g_x), ({"w": r_g_w}, r_g_x)
+
+    return x @ params["w"], r_x @ params["w"] + x @ v["w"], pullback
+
+
+_PROJECTION_REFERENCE = Reference(_projection_forward, rop=_projection_rop)
 
 
 def _skip(name: str, params: Mapping, x: jax.Array, width: int) -> jax.Array:

@@ -72,6 +72,17 @@ class Reference:
     book's ``op.bprop`` (Algorithm 6.2) closed over the forward's values, so
     the backward never recomputes the forward.
 
+    ``rop`` is the same pass with Pearlmutter's (1994) R-operator beside it,
+    R{a} = d/dr a(theta + r v) at r = 0: it takes a tangent after the
+    arguments it differentiates (``R{x}`` for a layer's input, ``v`` for
+    its params; a loss's targets are constants) and returns
+    ``(value, R{value}, pullback)`` with ``pullback(g, R{g}) -> (grads,
+    R{grads})``, ``grads`` being what the first-order pullback returns:
+
+        layer    rop(params, x, v_params, R{x})      grads = (g_params, g_x)
+        loss     rop(outputs, targets, R{outputs})   grads = g_outputs
+        penalty  rop(params, v)                      grads = g_params
+
     Attributes:
       forward: the forward formula, returning ``(value, pullback)``.
       kinks: for a function that is not differentiable everywhere,
@@ -79,8 +90,8 @@ class Reference:
         kink (the smallest |z| at a rectifier, the smallest gap between a
         maxout unit's top two pieces), so that a finite-difference check can
         tell when its steps straddle one.  ``None`` means smooth.
-      rop: the second-order pass (Pearlmutter's R-operator); ``None`` until
-        it is written.
+      rop: the second-order pass above; ``None`` for none (then a
+        second-order check or ``reference_hvp`` refuses, naming the owner).
     """
 
     forward: Callable[..., tuple[Any, Pullback]]
@@ -111,6 +122,33 @@ class Reference:
                 owner, f"its reference's forward must return (value, pullback: g -> gradients), got {got}"
             )
         return result
+
+    def run_rop(self, *args: Any, owner: str = "reference") -> tuple[Any, Any, Callable]:
+        """``rop(*args)``, refused naming ``owner`` when missing or not ``(value, R{value}, pullback)``."""
+        if self.rop is None:
+            raise MissingReferenceError(
+                owner,
+                "has no second-order reference: give its Reference a rop (Pearlmutter's R-operator, "
+                "see purenet.Reference), or check it to first order only",
+            )
+        result = self.rop(*args)
+        if not (isinstance(result, tuple) and len(result) == 3 and callable(result[2])):
+            got = f"a tuple of {len(result)}" if isinstance(result, tuple) else describe_tree(result)
+            raise MissingReferenceError(
+                owner, f"its rop must return (value, R{{value}}, pullback), got {got}"
+            )
+        check_like(result[1], result[0], layer=owner, what="the rop's R{value}", dtypes=False)
+        return result
+
+    @classmethod
+    def linear(cls, forward: Callable[..., tuple[Any, Pullback]]) -> Reference:
+        """A parameter-free op linear in x (a reshape, a join): R{y} = op(R{x}), R{g_x} = pullback(R{g})."""
+
+        def rop(params, x, v_params, r_x):
+            value, pullback = forward(params, x)
+            return value, forward(params, r_x)[0], lambda g, r_g: (pullback(g), pullback(r_g))
+
+        return cls(forward, rop=rop)
 
     def value(self, *args: Any) -> Any:
         """The forward's value alone (a layer's output, a loss's or penalty's value)."""

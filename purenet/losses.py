@@ -30,27 +30,34 @@ entries (or rows):
     multiclass_hinge        (t - onehot(y)) / N, t spreading 1 evenly over the
                             classes tied for max_j (z_j + [j != y]), as jnp.max does
 
+and for the second order (``LossReference``'s ``hessian_vp``, the loss's
+Hessian H_L in its outputs times a direction r; each row or entry apart):
+
+    mean_squared_error      2 r / N
+    binary_cross_entropy    sigma(z) sigma(-z) r / N               (independent of y)
+    softmax_cross_entropy   (sum_j p_j) (q r - q <q, r>) / N       (diag(q) - q q^T per row)
+    gaussian_nll            mu:  (beta r_mu + sigma(rho) (mu - y) r_rho) / N
+                            rho: (sigma(rho) (mu - y) r_mu
+                                  + (-1/2 (log zeta)''(rho) + (y - mu)^2 sigma'(rho) / 2) r_rho) / N
+    multiclass_hinge        0: piecewise linear in z (the ties keep the first order's split)
+
 The norm penalties, which carry their references the same way, are in
 ``purenet.penalties``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from purenet.core import (
-    MissingReferenceError,
-    Reference,
-    ShapeError,
-)
+from purenet.core import ShapeError
 from purenet.layers.activations import np_sigmoid, np_softplus
+from purenet.loss_record import Loss, LossReference, loss_reference
 from purenet.loss_targets import as_targets, integer_labels, loss_outputs, reference_targets, targets_like
 from purenet.validate import (
     require_distributions,
@@ -69,6 +76,10 @@ def _mse_reference(z: np.ndarray, y: np.ndarray):
     reference_targets("mean_squared_error", z, y)
     residual = z - y
     return np.mean(residual**2), 2.0 * residual / residual.size
+
+
+def _mse_hessian_vp(z: np.ndarray, y: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return 2.0 * r / r.size
 
 
 def _binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -102,6 +113,11 @@ def _bce_reference(z: np.ndarray, y: np.ndarray):
     with np.errstate(invalid="ignore"):  # 0 * inf in the discarded branch of np.where
         terms = np.where(y > 0, y * np_softplus(-z), 0.0) + np.where(y < 1, (1 - y) * np_softplus(z), 0.0)
     return np.mean(terms), ((1 - y) * np_sigmoid(z) - y * np_sigmoid(-z)) / z.size
+
+
+def _bce_hessian_vp(z: np.ndarray, y: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """sigma'(z) r / N with sigma' = sigma(z) sigma(-z), precise in both tails."""
+    return np_sigmoid(z) * np_sigmoid(-z) * r / z.size
 
 
 def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -153,6 +169,13 @@ def _softmax_ce_reference(z: np.ndarray, labels: np.ndarray):
     value = -np.sum(p * log_q) / rows
     others = p.sum(axis=-1, keepdims=True) - p
     return value, (np.exp(log_q) * others - p * complement) / rows
+
+
+def _softmax_ce_hessian_vp(z: np.ndarray, labels: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Per row, (sum_j p_j) (diag(q) - q q^T) r = (sum_j p_j) q (r - <q, r>): logsumexp's Hessian."""
+    q = np.exp(_log_softmax(z)[0])
+    mass = 1.0 if not np.issubdtype(labels.dtype, np.floating) else labels.sum(axis=-1, keepdims=True)
+    return mass * q * (r - np.sum(q * r, axis=-1, keepdims=True)) / (z.size // z.shape[-1])
 
 
 def split_gaussian(outputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -220,6 +243,30 @@ def _sigmoid_over_softplus(rho: np.ndarray) -> np.ndarray:
     return np.where(rho > -30.0, np_sigmoid(safe) / np_softplus(safe), tail)
 
 
+def _gaussian_nll_hessian_vp(outputs: np.ndarray, y: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """H_L r per entry, from the 2 x 2 Hessian in (mu, rho) (module docstring)."""
+    width = outputs.shape[-1] // 2
+    mean, rho, r_mean, r_rho = outputs[..., :width], outputs[..., width:], r[..., :width], r[..., width:]
+    cross = np_sigmoid(rho) * (mean - y)  # d^2 / dmu drho
+    curvature = -0.5 * _sigmoid_over_softplus_slope(rho) + 0.5 * (y - mean) ** 2 * np_sigmoid(
+        rho
+    ) * np_sigmoid(-rho)
+    h_mean = np_softplus(rho) * r_mean + cross * r_rho
+    return np.concatenate([h_mean, cross * r_mean + curvature * r_rho], axis=-1) / mean.size
+
+
+def _sigmoid_over_softplus_slope(rho: np.ndarray) -> np.ndarray:
+    """(sigma / zeta)'(rho) = (sigma / zeta) (sigma(-rho) - sigma / zeta), the slope of d log zeta / d rho.
+
+    Below rho = -12 the two terms cancel to e^rho / 2: there the series
+    -t / 2 + 5 t^2 / 6 in t = e^rho (relative error < 1e-10, against 1e-11
+    lost to cancellation at -12 and 1e-7 at -20) replaces it.
+    """
+    ratio = _sigmoid_over_softplus(np.maximum(rho, -12.0))
+    t = np.exp(np.minimum(rho, -12.0))
+    return np.where(rho > -12.0, ratio * (np_sigmoid(-np.maximum(rho, -12.0)) - ratio), -t / 2 + 5 * t**2 / 6)
+
+
 def _multiclass_hinge(scores: jax.Array, labels: jax.Array) -> jax.Array:
     """The multiclass hinge loss (Crammer and Singer 2001): mean of max_j (z_j + [j != y]) - z_y."""
     name = "multiclass_hinge"
@@ -251,93 +298,29 @@ def _hinge_kinks(z: np.ndarray, labels: np.ndarray) -> float:
     return float(np.min(top_two[..., 1] - top_two[..., 0], initial=np.inf))
 
 
-# --------------------------------------------------------------------------
-# The Loss record: the JAX loss, its reference, and what the trainer needs to know
-# --------------------------------------------------------------------------
+def _hinge_hessian_vp(z: np.ndarray, labels: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return np.zeros_like(r)  # piecewise linear in z
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Loss:
-    """A loss of a network's raw outputs, carrying its hand-derived reference.
-
-    Call it as a function, ``loss(outputs, targets) -> scalar``; it is
-    hashable (by identity), so jit caches and ``fit`` key on it.
-
-    Attributes:
-      fn: the loss in ``jax.numpy``, the mean over entries.
-      name: how errors and reports name it.
-      reference: its ``Reference``: ``forward(outputs, targets) -> (L, pullback)``
-        with ``pullback(g) = g dL/doutputs``; ``None`` for none.
-      class_labels: integer targets are class indices into the outputs' last
-        axis, so the output width is the number of classes (``fit`` checks
-        labels against it); ``False`` for losses of real-valued targets.
-    """
-
-    fn: Callable[[jax.Array, jax.Array], jax.Array]
-    name: str
-    reference: Reference | None = None
-    class_labels: bool = False
-
-    def __call__(self, outputs: Any, targets: Any) -> jax.Array:
-        return self.fn(outputs, targets)
-
-    @property
-    def __name__(self) -> str:
-        return self.name
-
-    @property
-    def __doc__(self) -> str | None:  # type: ignore[override]
-        return self.fn.__doc__
-
-    def __repr__(self) -> str:
-        return f"Loss({self.name})"
-
-
-def LossReference(
-    value_and_grad: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]],
-    kinks: Callable[[np.ndarray, np.ndarray], float] | None = None,
-) -> Reference:
-    """A loss's ``Reference`` from ``value_and_grad(outputs, targets) -> (L, dL/doutputs)`` in NumPy.
-
-    For a loss of your own: ``Loss(my_loss, "my_loss", reference=LossReference(my_value_and_grad))``,
-    or ``check_gradients(..., reference_loss=LossReference(my_value_and_grad))``.
-    """
-
-    def forward(outputs, targets):
-        value, grad = value_and_grad(outputs, targets)
-        return value, lambda g: g * grad
-
-    return Reference(forward, kinks)
-
-
-def loss_reference(loss: Any) -> Reference:
-    """The hand-derived reference a loss carries (a ``Reference`` is returned as it is)."""
-    if isinstance(loss, Reference):
-        return loss
-    reference = getattr(loss, "reference", None)
-    if isinstance(loss, Loss) and isinstance(reference, Reference):
-        return reference
-    name = getattr(loss, "__name__", repr(loss))
-    raise MissingReferenceError(
-        name,
-        "has no hand-derived reference; build it as Loss(fn, name, reference=LossReference(value_and_grad)), "
-        "or pass reference_loss=LossReference(value_and_grad) to the check",
-    )
-
-
-mean_squared_error = Loss(_mean_squared_error, "mean_squared_error", LossReference(_mse_reference))
-binary_cross_entropy = Loss(_binary_cross_entropy, "binary_cross_entropy", LossReference(_bce_reference))
+mean_squared_error = Loss(
+    _mean_squared_error, "mean_squared_error", LossReference(_mse_reference, hessian_vp=_mse_hessian_vp)
+)
+binary_cross_entropy = Loss(
+    _binary_cross_entropy, "binary_cross_entropy", LossReference(_bce_reference, hessian_vp=_bce_hessian_vp)
+)
 softmax_cross_entropy = Loss(
     _softmax_cross_entropy,
     "softmax_cross_entropy",
-    LossReference(_softmax_ce_reference),
+    LossReference(_softmax_ce_reference, hessian_vp=_softmax_ce_hessian_vp),
     class_labels=True,
 )
-gaussian_nll = Loss(_gaussian_nll, "gaussian_nll", LossReference(_gaussian_nll_reference))
+gaussian_nll = Loss(
+    _gaussian_nll, "gaussian_nll", LossReference(_gaussian_nll_reference, hessian_vp=_gaussian_nll_hessian_vp)
+)
 multiclass_hinge = Loss(
     _multiclass_hinge,
     "multiclass_hinge",
-    LossReference(_hinge_reference, _hinge_kinks),
+    LossReference(_hinge_reference, _hinge_kinks, _hinge_hessian_vp),
     class_labels=True,
 )
 

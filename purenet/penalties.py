@@ -3,6 +3,11 @@
     L2Penalty(lambda)   lambda/2 ||w||^2    reference gradient  lambda w
     L1Penalty(lambda)   lambda ||w||_1      reference gradient  lambda sign(w), sign(0) = 0
 
+and second order (the R-pass, ``rop(params, v)``): the Hessian-vector
+product of L2 is lambda v on the penalized leaves (0 on skipped ones: the
+Hessian is lambda times the projection onto the penalized leaves, not
+lambda I); L1 is piecewise linear, so its Hessian is 0 away from w = 0.
+
 The sum runs over the penalized leaves: every leaf whose innermost dict key
 is not in ``skip`` (biases, ``"b"``, by default).  Each penalty carries its
 hand-derived ``Reference`` the way layers and losses do:
@@ -86,8 +91,13 @@ def _penalty_reference(
     params_grad: Callable[[np.ndarray], np.ndarray],
     skip: Sequence[str],
     kinks: Callable[[Any], float] | None = None,
+    curvature: float = 0.0,
 ) -> Reference:
-    """A penalty's reference from its per-leaf value and gradient; skipped leaves get zero gradient."""
+    """A penalty's reference from its per-leaf value and gradient; skipped leaves get zero gradient.
+
+    ``curvature`` c makes the Hessian c on the penalized leaves (lambda for
+    L2, 0 for L1), from which ``rop`` returns H v = c v there, 0 elsewhere.
+    """
 
     def forward(params):
         value = sum((params_value(w) for w in _penalized_leaves(params, skip)), 0.0)
@@ -100,7 +110,26 @@ def _penalty_reference(
 
         return value, pullback
 
-    return Reference(forward, kinks)
+    def rop(params, v):
+        value, pullback = forward(params)
+        gradient = pullback(1.0)
+        hessian_v = jax.tree_util.tree_map_with_path(
+            lambda path, w: np.zeros_like(w) if _skipped(path, skip) else curvature * w, v
+        )
+
+        def r_pullback(g, r_g):  # the product rule on g grad Omega
+            scaled = jax.tree_util.tree_map(lambda a: g * a, gradient)
+            return scaled, jax.tree_util.tree_map(lambda a, b: r_g * a + g * b, gradient, hessian_v)
+
+        return value, _tree_dot(gradient, v), r_pullback
+
+    return Reference(forward, kinks, rop)
+
+
+def _tree_dot(a: Any, b: Any) -> float:
+    return float(
+        sum(np.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +154,10 @@ class L2Penalty:
     def reference(self) -> Reference:
         """``forward(params) -> (lambda/2 sum w^2, pullback)``, the gradient lambda w."""
         return _penalty_reference(
-            lambda w: self.scale * 0.5 * np.sum(w**2), lambda w: self.scale * w, self.skip
+            lambda w: self.scale * 0.5 * np.sum(w**2),
+            lambda w: self.scale * w,
+            self.skip,
+            curvature=self.scale,
         )
 
 

@@ -26,7 +26,6 @@ transcribed for a plain MLP, are in ``purenet.textbook``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
@@ -34,7 +33,6 @@ import jax
 import numpy as np
 
 from purenet.core import (
-    InputTypeError,
     Layer,
     MissingReferenceError,
     Params,
@@ -43,10 +41,6 @@ from purenet.core import (
     describe_tree,
     located,
 )
-from purenet.losses import loss_reference
-from purenet.penalties import penalty_reference
-from purenet.shapes import as_float64
-from purenet.validate import require_finite
 
 # --------------------------------------------------------------------------
 # Algorithm 6.2 over a combinator's graph
@@ -174,38 +168,65 @@ def graph_backward(
 ) -> tuple[Params, Any]:
     """The backward sweep of Algorithm 6.2.
 
-    ``grad_table[i]`` accumulates dJ/d(node i) from each consumer of node i;
-    visiting nodes in reverse topological order means every consumer of a node
-    has reported by the time the node itself is visited.  ``pull`` runs each
-    node's pullback (``purenet.check`` passes one that also compares it with
-    JAX); by default the node's checked pullback.
+    ``pull`` runs each node's pullback (``purenet.check`` passes one that
+    also compares it with JAX); by default the node's checked pullback.
 
     Returns:
       ``(g_params, g_x)``: the combinator's params gradient and dJ/dx.
     """
+
+    def pull_node(index, node, p_node, node_x, g_node):
+        if pull is None:
+            g_p, g_in = checked_pullback(node.name, p_node, node_x, pullbacks[index])(g_node[0])
+        else:
+            g_p, g_in = pull(index, node, p_node, node_x, g_node[0])
+        return (g_p,), (g_in,)
+
+    (g_params,), (g_x,) = sweep(graph, params, values, (g_out,), pull_node)
+    return g_params, g_x
+
+
+def sweep(graph: Graph, params: Params, values: list, g_out: tuple, pull_node: Callable) -> tuple:
+    """Algorithm 6.2's backward sweep over one or more lanes of gradients at once.
+
+    A lane is one gradient flowing back: the first order has one (dJ/d.),
+    the R-operator's second pass two (dJ/d. and R{dJ/d.}), and every lane is
+    summed over a node's consumers alike.  ``grad_table[i]`` accumulates
+    node i's lanes from each consumer; visiting nodes in reverse topological
+    order means every consumer of a node has reported by the time the node
+    itself is visited.
+
+    Args:
+      g_out: the output's gradient in each lane.
+      pull_node: ``pull_node(index, node, node_params, node_x, g_node)`` ->
+        ``(g_params per lane, g_x per lane)``.
+
+    Returns:
+      ``(g_params per lane, g_x per lane)``.
+    """
+    lanes = len(g_out)
     grad_table: list[Any] = [None] * len(values)
-    grad_table[-1] = g_out
-    g_params: dict = {}
+    grad_table[-1] = list(g_out)
+    g_params: list[dict] = [{} for _ in range(lanes)]
     for index in reversed(range(len(graph.nodes))):
         node, node_id = graph.nodes[index], index + 1
-        g_node = grad_table[node_id]
-        if g_node is None:  # nothing downstream consumes this node
-            g_node = jax.tree_util.tree_map(np.zeros_like, values[node_id])
+        g_node = grad_table[node_id] or [_zeros(values[node_id])] * lanes  # nothing downstream consumes it
         p_node, node_x = node_params(graph, node, params), node_input(node, values)
         with located(step(node.params_key)):
-            if pull is None:
-                g_p, g_in = checked_pullback(node.name, p_node, node_x, pullbacks[index])(g_node)
-            else:
-                g_p, g_in = pull(index, node, p_node, node_x, g_node)
-        if node.params_key is not None:
-            g_params[node.params_key] = g_p
-        g_inputs = (g_in,) if len(node.inputs) == 1 else tuple(g_in)
-        for input_id, g in zip(node.inputs, g_inputs, strict=True):
-            grad_table[input_id] = _add(grad_table[input_id], g)
-    g_x = grad_table[0]
-    if g_x is None:
-        g_x = jax.tree_util.tree_map(np.zeros_like, values[0])
-    return graph.gather(g_params), g_x
+            g_p, g_in = pull_node(index, node, p_node, node_x, tuple(g_node))
+        for lane in range(lanes):
+            if node.params_key is not None:
+                g_params[lane][node.params_key] = g_p[lane]
+            g_inputs = (g_in[lane],) if len(node.inputs) == 1 else tuple(g_in[lane])
+            for input_id, g in zip(node.inputs, g_inputs, strict=True):
+                table = grad_table[input_id] = grad_table[input_id] or [None] * lanes
+                table[lane] = _add(table[lane], g)
+    g_x = grad_table[0] or [_zeros(values[0])] * lanes
+    return tuple(graph.gather(g) for g in g_params), tuple(g_x)
+
+
+def _zeros(value: Any) -> Any:
+    return jax.tree_util.tree_map(np.zeros_like, value)
 
 
 class GraphPullback:
@@ -234,6 +255,65 @@ class GraphPullback:
         return float(margin)
 
 
+# --------------------------------------------------------------------------
+# The R-operator over a combinator's graph (Pearlmutter 1994)
+# --------------------------------------------------------------------------
+
+
+def checked_r_pullback(name: str, params: Params, x: Any, pullback: Callable) -> Callable:
+    """An R-pullback ``(g, R{g}) -> ((g_params, g_x), (R{g_params}, R{g_x}))``, each lane checked."""
+    shape = "((g_params, g_x), (R{g_params}, R{g_x}))"
+    labels = (("g_params", "g_x"), ("R{g_params}", "R{g_x}"))
+
+    def checked(g, r_g):
+        result = pullback(g, r_g)
+        lanes_ok = isinstance(result, tuple) and len(result) == 2
+        if not (lanes_ok and all(isinstance(lane, tuple) and len(lane) == 2 for lane in result)):
+            raise MissingReferenceError(
+                name, f"the rop's pullback must return {shape}, got {describe_tree(result)}"
+            )
+        for (g_params, g_x), (params_label, x_label) in zip(result, labels):
+            check_like(g_params, params, layer=name, what=f"the rop's {params_label}")
+            check_like(g_x, x, layer=name, what=f"the rop's {x_label}")
+        return result
+
+    return checked
+
+
+def graph_rforward(graph: Graph, params: Params, v: Params, x: Any, r_x: Any) -> tuple[list, list, list]:
+    """The R-forward pass: every node's value and R{value} (node 0 the input's), and its R-pullback."""
+    values, r_values, pullbacks = [x], [r_x], []
+    for node in graph.nodes:
+        with located(step(node.params_key)):
+            reference = require_reference(node.name, node.reference)
+            p_node, v_node = node_params(graph, node, params), node_params(graph, node, v)
+            node_x, r_node_x = node_input(node, values), node_input(node, r_values)
+            value, r_value, pullback = reference.run_rop(p_node, node_x, v_node, r_node_x, owner=node.name)
+        values.append(value)
+        r_values.append(r_value)
+        pullbacks.append(checked_r_pullback(node.name, p_node, node_x, pullback))
+    return values, r_values, pullbacks
+
+
+class GraphRPullback(NamedTuple):
+    """A combinator's R-pullback, closed over its graph's R-forward: both lanes swept at once."""
+
+    graph: Graph
+    params: Params
+    values: list
+    pullbacks: list
+
+    def __call__(self, g_out: Any, r_g_out: Any) -> tuple[tuple, tuple]:
+        def pull_node(index, node, p_node, node_x, g_node):
+            (g_p, g_in), (r_g_p, r_g_in) = self.pullbacks[index](*g_node)
+            return (g_p, r_g_p), (g_in, r_g_in)
+
+        (g_params, r_g_params), (g_x, r_g_x) = sweep(
+            self.graph, self.params, self.values, (g_out, r_g_out), pull_node
+        )
+        return (g_params, g_x), (r_g_params, r_g_x)
+
+
 def graph_reference(build: Callable[[Params], Graph]) -> Reference:
     """A combinator's ``Reference`` from its graph.
 
@@ -243,7 +323,8 @@ def graph_reference(build: Callable[[Params], Graph]) -> Reference:
 
     Returns:
       A ``Reference`` whose forward runs every node once and returns the
-      graph's ``GraphPullback``, and whose kinks are the nodes' smallest.
+      graph's ``GraphPullback``, whose kinks are the nodes' smallest, and
+      whose ``rop`` runs every node's R-pass and returns a ``GraphRPullback``.
     """
 
     def forward(params, x):
@@ -251,7 +332,12 @@ def graph_reference(build: Callable[[Params], Graph]) -> Reference:
         values, pullbacks = graph_forward(graph, params, x)
         return values[-1], GraphPullback(graph, params, values, pullbacks)
 
-    return Reference(forward, lambda params, x: forward(params, x)[1].kink_margin())
+    def rop(params, x, v, r_x):
+        graph = build(params)
+        values, r_values, pullbacks = graph_rforward(graph, params, v, x, r_x)
+        return values[-1], r_values[-1], GraphRPullback(graph, params, values, pullbacks)
+
+    return Reference(forward, lambda params, x: forward(params, x)[1].kink_margin(), rop)
 
 
 def chain(layers: Sequence[Layer]) -> Graph:
@@ -260,123 +346,22 @@ def chain(layers: Sequence[Layer]) -> Graph:
     return Graph(nodes, gather=lambda grads: tuple(grads[i] for i in range(len(layers))))
 
 
-# --------------------------------------------------------------------------
-# The whole cost: network, loss and regularizer
-# --------------------------------------------------------------------------
-
-
-class ReferenceResult(NamedTuple):
-    """The reference pass over a network and its cost, all NumPy float64.
-
-    Attributes:
-      cost: J = L(outputs, targets) (+ lambda Omega(params)).
-      outputs: the network's outputs f(x; theta).
-      g_params: dJ/dparams, in the params' structure.
-      g_x: dJ/dx.
-    """
-
-    cost: float
-    outputs: Any
-    g_params: Params
-    g_x: Any
-
-
-def params_template(model: Layer, x: Any) -> Params:
-    """The params ``model.init`` builds for inputs like ``x`` (an array, or a tuple of them), shapes only."""
-    return _init_template(model, _input_shapes(model.name, x))
-
-
-def _input_shapes(owner: str, x: Any) -> Any:
-    """``x``'s shapes with the batch axis as -1; anything but an array or a tuple of arrays is refused."""
-    if isinstance(x, (tuple, list)):
-        return tuple(_input_shapes(owner, part) for part in x)
-    if not hasattr(x, "shape") and not isinstance(x, (int, float)):
-        raise InputTypeError(owner, f"expected an array input (or a tuple of arrays), got {describe_tree(x)}")
-    return (-1, *np.shape(x)[1:])
-
-
-@functools.lru_cache(maxsize=256)
-def _init_template(model: Layer, shapes: Any) -> Params:
-    # Cached per model and input shapes: tracing init costs more than a small reference pass.
-    return jax.eval_shape(lambda key: model.init(key, shapes)[1], jax.random.PRNGKey(0))
-
-
-def reference_gradient(
-    model: Layer,
-    params: Params,
-    x: Any,
-    targets: Any,
-    loss: Callable | Reference,
-    regularizer: Any = None,
-) -> ReferenceResult:
-    """The gradient of J = L(model(x), y) + lambda Omega(params) by the hand-derived reference alone.
-
-    Args:
-      model: a layer whose every part carries a ``Reference``.
-      params: checked against what ``model.init`` builds for ``x`` (tree,
-        shapes, dtype kinds), as ``apply`` would; converted to float64.
-      x, targets: one batch; converted to float64.
-      loss: a purenet ``Loss`` (it carries its reference), or a loss's
-        ``Reference`` itself (``LossReference(value_and_grad)``).
-      regularizer: ``None``, or a penalty carrying a ``Reference``
-        (``purenet.L2Penalty``, ``purenet.L1Penalty``).
-
-    Returns:
-      A ``ReferenceResult``; no JAX autodiff is involved.
-    """
-    return reference_pass(model, params, x, targets, loss, regularizer)[0]
-
-
-def reference_pass(
-    model: Layer, params: Params, x: Any, targets: Any, loss: Callable | Reference, regularizer: Any = None
-) -> tuple[ReferenceResult, Callable[[], float]]:
-    """``reference_gradient``'s result and ``margin()``, the network's kink distance, from one forward."""
-    reference = require_reference(model.name, model.reference)
-    check_like(params, params_template(model, x), layer=model.name)
-    require_finite(f"reference_gradient({model.name})", "params", params)
-    require_finite(f"reference_gradient({model.name})", "x", x)
-    params, x, targets = as_float64(params), as_float64(x), as_float64(targets)
-    outputs, pullback = reference.run(params, x, owner=model.name)
-    value, g_outputs = loss_reference(loss).value_and_grad(outputs, targets)
-    g_params, g_x = checked_pullback(model.name, params, x, pullback)(g_outputs)
-    if regularizer is not None:
-        penalty, penalty_grad = penalty_reference(regularizer).value_and_grad(params)
-        value = value + penalty
-        g_params = jax.tree_util.tree_map(np.add, g_params, penalty_grad)
-    result = ReferenceResult(float(value), outputs, g_params, g_x)
-    return result, lambda: _margin(reference, pullback, params, x)
-
-
-def _margin(reference: Reference, pullback: Callable, params: Params, x: Any) -> float:
-    if isinstance(pullback, GraphPullback):  # read off the recorded forward: nothing runs again
-        return pullback.kink_margin()
-    return float(np.inf) if reference.kinks is None else float(reference.kinks(params, x))
-
-
-def kink_margin(model: Layer, params: Params, x: Any) -> float:
-    """How far the model's forward pass at (params, x) is from its nearest kink (inf if smooth)."""
-    if model.reference is None or model.reference.kinks is None:
-        return float(np.inf)
-    return float(model.reference.kinks(as_float64(params), as_float64(x)))
-
-
 __all__ = [
     "Graph",
     "GraphPullback",
+    "GraphRPullback",
     "Node",
-    "ReferenceResult",
     "chain",
     "checked_pullback",
+    "checked_r_pullback",
     "graph_backward",
     "graph_forward",
     "graph_reference",
-    "kink_margin",
+    "graph_rforward",
     "layer_node",
     "node_input",
     "node_params",
-    "params_template",
-    "reference_gradient",
-    "reference_pass",
     "require_reference",
     "step",
+    "sweep",
 ]

@@ -16,9 +16,9 @@ import numpy as np
 
 from purenet.combinators import is_serial
 from purenet.core import Layer, MissingReferenceError, Params, ParamsError, check_like
+from purenet.cost_reference import params_template
 from purenet.losses import loss_reference
 from purenet.penalties import penalty_reference
-from purenet.reference import params_template
 from purenet.shapes import as_float64, check_sequence_params
 
 

@@ -31,9 +31,10 @@ from purenet.check.precision import precision_sources
 from purenet.check.report import GradientReport
 from purenet.compiled import cached
 from purenet.core import ConfigError, InputTypeError, Layer, MissingReferenceError, Reference, check_like
+from purenet.cost_reference import reference_pass
 from purenet.losses import Loss, loss_reference
 from purenet.penalties import penalty_reference
-from purenet.reference import checked_pullback, reference_pass
+from purenet.reference import checked_pullback
 from purenet.shapes import as_float64, is_shape, normalize_shape
 from purenet.validate import require_finite
 

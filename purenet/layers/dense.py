@@ -21,6 +21,18 @@ With y = x w + b for a batch of rows and G = dJ/dy:
 and for y = (x u) v + b, with h = x u and G_h = G v^T:
 
     dJ/dv = h^T G,   dJ/du = x^T G_h,   dJ/db = sum_b G_b,   dJ/dx = G_h u^T
+
+Hand-derived R-operator (Pearlmutter 1994): R{.} is the derivative along
+the direction (R{x}, R{w} = v_w, R{b} = v_b).  y = x w + b is bilinear in
+(x, w), so its second derivatives are the cross terms alone (f'' = 0 in each
+argument); the product rule on each line above gives
+
+    R{y}     = R{x} w + x v_w + v_b
+    R{dJ/dw} = R{x}^T G + x^T R{G}      (the cross term: x's direction meets G)
+    R{dJ/db} = sum_b R{G}_b
+    R{dJ/dx} = R{G} w^T + G v_w^T       (the cross term: w's direction meets G)
+
+and LowRankDense chains two such products through h = x u.
 """
 
 from __future__ import annotations
@@ -91,6 +103,15 @@ def matmul_bprop(x: np.ndarray, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarra
     return rows_x.T @ rows_g, g @ w.T
 
 
+def matmul_r_bprop(x, w, r_x, v_w, g, r_g) -> tuple[tuple, tuple]:
+    """For y = x w: ``((dJ/dw, dJ/dx), (R{dJ/dw}, R{dJ/dx}))`` with R{dJ/dw} = R{x}^T G + x^T R{G}
+    and R{dJ/dx} = R{G} w^T + G v_w^T (module docstring)."""
+    g_w, g_x = matmul_bprop(x, w, g)
+    r_g_w, r_g_x = matmul_bprop(x, w, r_g)
+    cross_w, cross_x = matmul_bprop(r_x, v_w, g)  # (R{x}^T G, G v_w^T): the terms a missing cross term drops
+    return (g_w, g_x), (r_g_w + cross_w, r_g_x + cross_x)
+
+
 def dense_forward(params, x: np.ndarray):
     """y = x w + b, and its pullback: dJ/dw = x^T G, dJ/db = sum_b G, dJ/dx = G w^T."""
     w, b = params["w"], params["b"]
@@ -102,7 +123,19 @@ def dense_forward(params, x: np.ndarray):
     return x @ w + b, pullback
 
 
-DENSE_REFERENCE = Reference(dense_forward)
+def dense_rop(params, x: np.ndarray, v, r_x: np.ndarray):
+    """R{y} = R{x} w + x v_w + v_b; the pullback adds R{dJ/dw}, R{dJ/db}, R{dJ/dx} (module docstring)."""
+    w, b = params["w"], params["b"]
+
+    def pullback(g, r_g):
+        (g_w, g_x), (r_g_w, r_g_x) = matmul_r_bprop(x, w, r_x, v["w"], g, r_g)
+        grads = ({"w": g_w, "b": sum_to_shape(g, np.shape(b))}, g_x)
+        return grads, ({"w": r_g_w, "b": sum_to_shape(r_g, np.shape(b))}, r_g_x)
+
+    return x @ w + b, r_x @ w + x @ v["w"] + v["b"], pullback
+
+
+DENSE_REFERENCE = Reference(dense_forward, rop=dense_rop)
 
 
 def LowRankDense(
@@ -171,7 +204,21 @@ def low_rank_forward(params, x: np.ndarray):
     return h @ v + b, pullback
 
 
-LOW_RANK_REFERENCE = Reference(low_rank_forward)
+def low_rank_rop(params, x: np.ndarray, v, r_x: np.ndarray):
+    """Two R-products chained through h = x u: R{h} = R{x} u + x v_u, R{y} = R{h} v + h v_v + v_b."""
+    u, w, b = params["u"], params["v"], params["b"]
+    h, r_h = x @ u, r_x @ u + x @ v["u"]
+
+    def pullback(g, r_g):
+        (g_w, g_h), (r_g_w, r_g_h) = matmul_r_bprop(h, w, r_h, v["v"], g, r_g)
+        (g_u, g_x), (r_g_u, r_g_x) = matmul_r_bprop(x, u, r_x, v["u"], g_h, r_g_h)
+        grads = ({"u": g_u, "v": g_w, "b": sum_to_shape(g, np.shape(b))}, g_x)
+        return grads, ({"u": r_g_u, "v": r_g_w, "b": sum_to_shape(r_g, np.shape(b))}, r_g_x)
+
+    return h @ w + b, r_h @ w + h @ v["v"] + v["b"], pullback
 
 
-__all__ = ["Dense", "LowRankDense", "dense_forward", "matmul_bprop"]
+LOW_RANK_REFERENCE = Reference(low_rank_forward, rop=low_rank_rop)
+
+
+__all__ = ["Dense", "LowRankDense", "dense_forward", "matmul_bprop", "matmul_r_bprop"]

@@ -10,6 +10,10 @@ Hand-derived backward passes, one line each (Algorithm 6.2's joins):
     fan_in_sum     dJ/dx_i = dJ/dy
     fan_in_concat  dJ/dx_i = the slice of dJ/dy that x_i filled
 
+Every join is linear in its inputs and has no params, so its R-operator
+pass (second order) is the join itself on R{x} and its pullback of R{G}
+(``Reference.linear``): no curvature of its own.
+
 The combinators' graphs reuse these references (and ``select``/``pack``,
 which take one entry of a tuple and gather nodes into one) as their joining
 nodes.
@@ -75,7 +79,7 @@ def fan_out(count: int) -> Layer:
 
         return (x,) * count, pullback
 
-    return Layer(init, apply, name=name, reference=Reference(forward))
+    return Layer(init, apply, name=name, reference=Reference.linear(forward))
 
 
 def fan_in_sum() -> Layer:
@@ -99,7 +103,7 @@ def fan_in_sum() -> Layer:
 
 
 # dJ/dx_i = dJ/dy for every summand.
-SUM_REFERENCE = Reference(lambda params, xs: (sum(xs[1:], xs[0]), lambda g: ((), (g,) * len(xs))))
+SUM_REFERENCE = Reference.linear(lambda params, xs: (sum(xs[1:], xs[0]), lambda g: ((), (g,) * len(xs))))
 
 
 def fan_in_concat() -> Layer:
@@ -126,7 +130,7 @@ def _concat_forward(params, xs):
     return np.concatenate(xs, axis=-1), lambda g: ((), tuple(np.split(g, boundaries, axis=-1)))
 
 
-CONCAT_REFERENCE = Reference(_concat_forward)
+CONCAT_REFERENCE = Reference.linear(_concat_forward)
 
 
 def _check_concatenable(name: str, shapes) -> None:
@@ -149,11 +153,11 @@ def select_reference(index: int, count: int) -> Reference:
 
         return xs[index], pullback
 
-    return Reference(forward)
+    return Reference.linear(forward)
 
 
 # The graph op gathering nodes into one tuple, and its gradient back apart.
-PACK_REFERENCE = Reference(lambda params, xs: (tuple(xs), lambda g: ((), tuple(g))))
+PACK_REFERENCE = Reference.linear(lambda params, xs: (tuple(xs), lambda g: ((), tuple(g))))
 
 
 # The graph ops' JAX twins, against which a check compares each op alone (purenet.check.locate).

@@ -18,6 +18,16 @@ gradient reaches z only through the selected piece, dJ/dz = S G[..., None], so
     dJ/dw[j, i, k] = sum_b x[b, j] S[b, i, k] G[b, i]
     dJ/db[i, k]    = sum_b S[b, i, k] G[b, i]
     dJ/dx[b, j]    = sum_{i,k} w[j, i, k] S[b, i, k] G[b, i]
+
+Hand-derived R-operator (Pearlmutter 1994).  Away from ties the selection S
+is locally constant, so h is the selected piece, an affine map bilinear in
+(x, w): no unit curvature, only the cross terms between x and w.  With
+R{z} = R{x} . w + x . v_w + v_b and R{G_z} = S R{G}[..., None]:
+
+    R{h}      = the selected entry of R{z}
+    R{dJ/dw}  = R{x}^T G_z + x^T R{G_z}
+    R{dJ/db}  = sum_b R{G_z}
+    R{dJ/dx}  = R{G_z} . w^T + G_z . v_w^T
 """
 
 from __future__ import annotations
@@ -115,7 +125,30 @@ def maxout_kinks(params, x: np.ndarray) -> float:
     return float(np.min(top_two[..., 1] - top_two[..., 0]))
 
 
-MAXOUT_REFERENCE = Reference(maxout_forward, maxout_kinks)
+def maxout_rop(params, x: np.ndarray, v, r_x: np.ndarray):
+    """R{h} through the selected pieces, and the R-pullback's cross terms (module docstring)."""
+    z = _pieces(params, x)
+    r_z = np.einsum("...j,jik->...ik", r_x, params["w"]) + _pieces(v, x)
+    chosen = np.arange(z.shape[-1]) == np.argmax(z, axis=-1)[..., None]
+
+    def pullback(g, r_g):
+        g_z, r_g_z = chosen * g[..., None], chosen * r_g[..., None]
+        g_w = _weight_gradient(x, g_z)
+        r_g_w = _weight_gradient(r_x, g_z) + _weight_gradient(x, r_g_z)
+        g_x = np.einsum("...ik,jik->...j", g_z, params["w"])
+        r_g_x = np.einsum("...ik,jik->...j", r_g_z, params["w"]) + np.einsum("...ik,jik->...j", g_z, v["w"])
+        grads = ({"w": g_w, "b": sum_to_shape(g_z, z.shape[-2:])}, g_x)
+        return grads, ({"w": r_g_w, "b": sum_to_shape(r_g_z, z.shape[-2:])}, r_g_x)
+
+    return z.max(axis=-1), np.sum(chosen * r_z, axis=-1), pullback
+
+
+def _weight_gradient(x: np.ndarray, g_z: np.ndarray) -> np.ndarray:
+    """sum over the batch of x_j g_z[i, k]: dJ/dw for pieces z = x . w."""
+    return np.einsum("bj,bik->jik", x.reshape(-1, x.shape[-1]), g_z.reshape(-1, *g_z.shape[-2:]))
+
+
+MAXOUT_REFERENCE = Reference(maxout_forward, maxout_kinks, maxout_rop)
 
 
 __all__ = ["Maxout"]

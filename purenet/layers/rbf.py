@@ -13,6 +13,16 @@ G = dJ/dh and P_i = G_i h_i / s_i^2 (= -dJ/dD_i):
     dJ/dx     = -2 sum_i P_i (x - w_i)  = -2 (x sum_i P_i - P w^T)
     dJ/dw_i   =  2 sum_b P_bi (x_b - w_i) = 2 ((x^T P)_i - w_i sum_b P_bi)
     dJ/ds_i   =  2 sum_b P_bi D_bi / s_i
+
+Hand-derived R-operator (Pearlmutter 1994), along (R{x}, v_w, v_s):
+
+    R{D_i}   = 2 (x - w_i) . (R{x} - v_w_i)
+    R{h_i}   = h_i (-R{D_i} / s_i^2 + 2 D_i v_s_i / s_i^3)
+    R{P_i}   = (R{G_i} h_i + G_i R{h_i}) / s_i^2 - 2 P_i v_s_i / s_i
+
+and the product rule on the three gradients above: each is bilinear in
+P and (x, w, D), so R{grad} = grad(R{P}) + grad with (x, w, D) replaced by
+(R{x}, v_w, R{D}) at P, and dJ/ds_i gains -dJ/ds_i v_s_i / s_i from its 1 / s_i.
 """
 
 from __future__ import annotations
@@ -96,17 +106,43 @@ def rbf_forward(params, x: np.ndarray):
     h = np.exp(-distances / np.square(sigma))
 
     def pullback(g):
-        p = g * h / np.square(sigma)
-        rows_x, rows_p = x.reshape(-1, w.shape[0]), p.reshape(-1, w.shape[1])
-        g_x = -2.0 * (x * p.sum(axis=-1, keepdims=True) - p @ w.T)
-        g_w = 2.0 * (rows_x.T @ rows_p - w * rows_p.sum(axis=0))
-        g_sigma = 2.0 * np.sum((p * distances).reshape(-1, w.shape[1]), axis=0) / sigma
-        return {"w": g_w, "sigma": g_sigma}, g_x
+        return _rbf_gradients(x, w, sigma, distances, g * h / np.square(sigma))
 
     return h, pullback
 
 
-RBF_REFERENCE = Reference(rbf_forward)
+def _rbf_gradients(x, w, sigma, distances, p) -> tuple[dict, np.ndarray]:
+    """(dJ/d{w, sigma}, dJ/dx) from P = G h / s^2 (module docstring)."""
+    rows_x, rows_p = x.reshape(-1, w.shape[0]), p.reshape(-1, w.shape[1])
+    g_x = -2.0 * (x * p.sum(axis=-1, keepdims=True) - p @ w.T)
+    g_w = 2.0 * (rows_x.T @ rows_p - w * rows_p.sum(axis=0))
+    g_sigma = 2.0 * np.sum((p * distances).reshape(-1, w.shape[1]), axis=0) / sigma
+    return {"w": g_w, "sigma": g_sigma}, g_x
+
+
+def rbf_rop(params, x: np.ndarray, v, r_x: np.ndarray):
+    """R{h} and the R-pullback by the product rule through P (module docstring)."""
+    w, sigma, v_w, v_s = params["w"], params["sigma"], v["w"], v["sigma"]
+    distances = _np_squared_distances(x, w)
+    r_distances = 2.0 * np.sum((x[..., :, None] - w) * (r_x[..., :, None] - v_w), axis=-2)
+    h = np.exp(-distances / np.square(sigma))
+    r_h = h * (-r_distances / np.square(sigma) + 2.0 * distances * v_s / sigma**3)
+
+    def pullback(g, r_g):
+        p = g * h / np.square(sigma)
+        r_p = (r_g * h + g * r_h) / np.square(sigma) - 2.0 * p * v_s / sigma
+        grads = _rbf_gradients(x, w, sigma, distances, p)
+        (r_at_p, r_x_at_p), (cross, cross_x) = (
+            _rbf_gradients(x, w, sigma, distances, r_p),
+            _rbf_gradients(r_x, v_w, sigma, r_distances, p),
+        )
+        r_sigma = r_at_p["sigma"] + cross["sigma"] - grads[0]["sigma"] * v_s / sigma
+        return grads, ({"w": r_at_p["w"] + cross["w"], "sigma": r_sigma}, r_x_at_p + cross_x)
+
+    return h, r_h, pullback
+
+
+RBF_REFERENCE = Reference(rbf_forward, rop=rbf_rop)
 
 
 __all__ = ["RBF", "squared_distances"]

@@ -21,6 +21,15 @@ Hand-derived backward, with G = dJ/dh and the convention above:
 
     dJ/dz     = G * ([z > 0] + alpha [z <= 0])
     dJ/dalpha = sum over the batch (and, if shared, the features) of G * z [z <= 0]
+
+Hand-derived R-operator (Pearlmutter 1994).  g is piecewise linear in z, so
+g_zz = 0 on both sides of the kink (the first order's sides kept); the only
+curvature is PReLU's cross term g_{z alpha} = [z <= 0] between its input and
+its slope.  With R{z} the input's direction and v_alpha the slope's:
+
+    R{h}         = R{z} ([z > 0] + alpha [z <= 0]) + v_alpha z [z <= 0]
+    R{dJ/dz}     = R{G} ([z > 0] + alpha [z <= 0]) + G v_alpha [z <= 0]
+    R{dJ/dalpha} = sum of (R{G} z + G R{z}) [z <= 0]
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ def _fixed_slope(name: str, alpha: float) -> Layer:
         np_fn=lambda z: np_rectify(z, alpha),
         np_derivative=lambda z: np_rectify_slope(z, alpha),
         kink_distance=np.abs,
+        np_second_derivative=np.zeros_like,  # piecewise linear: g'' = 0 on both sides
     )
 
 
@@ -129,7 +139,22 @@ def prelu_forward(params, z: np.ndarray):
     return np_rectify(z, alpha), pullback
 
 
-PRELU_REFERENCE = Reference(prelu_forward, kinks=lambda params, z: float(np.min(np.abs(z), initial=np.inf)))
+def prelu_rop(params, z: np.ndarray, v, r_z: np.ndarray):
+    """R{h} and the R-pullback, whose curvature is the cross term between z and alpha (module docstring)."""
+    alpha, v_alpha = params["alpha"], v["alpha"]
+    slope, negative = np_rectify_slope(z, alpha), z <= 0
+
+    def pullback(g, r_g):
+        grads = ({"alpha": sum_to_shape(g * np.where(negative, z, 0.0), np.shape(alpha))}, g * slope)
+        r_g_alpha = sum_to_shape(np.where(negative, r_g * z + g * r_z, 0.0), np.shape(alpha))
+        return grads, ({"alpha": r_g_alpha}, r_g * slope + np.where(negative, g * v_alpha, 0.0))
+
+    return np_rectify(z, alpha), r_z * slope + np.where(negative, v_alpha * z, 0.0), pullback
+
+
+PRELU_REFERENCE = Reference(
+    prelu_forward, kinks=lambda params, z: float(np.min(np.abs(z), initial=np.inf)), rop=prelu_rop
+)
 
 
 __all__ = ["AbsRect", "LeakyReLU", "PReLU", "ReLU", "np_rectify", "np_rectify_slope", "rectify"]

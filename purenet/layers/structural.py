@@ -3,7 +3,8 @@
 Hand-derived backward: Flatten reshapes dJ/dy back to the input's shape;
 Dropout's reference is its evaluation-mode forward, the identity, so its
 backward passes dJ/dy through unchanged (gradient checks run with
-``train=False``).
+``train=False``).  Both are linear in x, so their R-operator passes
+(second order) are the same ops on R{x} and R{dJ/dy}.
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ def Dropout(rate: float) -> Layer:
 
 
 # Flatten's pullback reshapes G back to x's shape; evaluation-mode dropout is the identity.
-FLATTEN_REFERENCE = Reference(
+# Both are linear in x, so their R-pass is the op itself on R{x} (Reference.linear).
+FLATTEN_REFERENCE = Reference.linear(
     lambda params, x: (np.reshape(x, (x.shape[0], -1)), lambda g: ((), np.reshape(g, np.shape(x))))
 )
-IDENTITY_REFERENCE = Reference(lambda params, x: (x, lambda g: ((), g)))
+IDENTITY_REFERENCE = Reference.linear(lambda params, x: (x, lambda g: ((), g)))
 
 
 __all__ = ["Dropout", "Flatten"]
