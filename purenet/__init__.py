@@ -7,6 +7,7 @@ from purenet.check import (
     GradientReport,
     check_function,
     check_gradients,
+    check_hvp,
     check_layer,
 )
 from purenet.checkpoint import CheckpointError
@@ -159,6 +160,7 @@ __all__ = [
     "cg_solve",
     "check_function",
     "check_gradients",
+    "check_hvp",
     "check_layer",
     "checked",
     "checking",

@@ -281,7 +281,7 @@ def checked_r_pullback(name: str, params: Params, x: Any, pullback: Callable) ->
 
 
 def graph_rforward(graph: Graph, params: Params, v: Params, x: Any, r_x: Any) -> tuple[list, list, list]:
-    """The R-forward pass: every node's value and R{value} (node 0 the input's), and its R-pullback."""
+    """The R-forward pass: every node's value and R{value} (node 0 the input's), and its raw R-pullback."""
     values, r_values, pullbacks = [x], [r_x], []
     for node in graph.nodes:
         with located(step(node.params_key)):
@@ -291,21 +291,36 @@ def graph_rforward(graph: Graph, params: Params, v: Params, x: Any, r_x: Any) ->
             value, r_value, pullback = reference.run_rop(p_node, node_x, v_node, r_node_x, owner=node.name)
         values.append(value)
         r_values.append(r_value)
-        pullbacks.append(checked_r_pullback(node.name, p_node, node_x, pullback))
+        pullbacks.append(pullback)
     return values, r_values, pullbacks
 
 
+# rpull(index, node, node_params, node_x, (g, R{g})) -> ((g_params, g_x), (R{g_params}, R{g_x}))
+RPull = Callable[[int, Node, Params, Any, tuple], tuple[tuple, tuple]]
+
+
 class GraphRPullback(NamedTuple):
-    """A combinator's R-pullback, closed over its graph's R-forward: both lanes swept at once."""
+    """A combinator's R-pullback, closed over its graph's R-forward: both lanes swept at once.
+
+    Calling it with ``(g, R{g})`` returns ``((g_params, g_x), (R{g_params},
+    R{g_x}))``; ``rpull`` replaces each node's checked R-pullback, as
+    ``graph_backward``'s ``pull`` does (``purenet.check`` records the sweep).
+    """
 
     graph: Graph
     params: Params
+    v: Params
     values: list
+    r_values: list
     pullbacks: list
 
-    def __call__(self, g_out: Any, r_g_out: Any) -> tuple[tuple, tuple]:
+    def __call__(self, g_out: Any, r_g_out: Any, rpull: RPull | None = None) -> tuple[tuple, tuple]:
         def pull_node(index, node, p_node, node_x, g_node):
-            (g_p, g_in), (r_g_p, r_g_in) = self.pullbacks[index](*g_node)
+            if rpull is None:
+                result = checked_r_pullback(node.name, p_node, node_x, self.pullbacks[index])(*g_node)
+            else:
+                result = rpull(index, node, p_node, node_x, g_node)
+            (g_p, g_in), (r_g_p, r_g_in) = result
             return (g_p, r_g_p), (g_in, r_g_in)
 
         (g_params, r_g_params), (g_x, r_g_x) = sweep(
@@ -335,7 +350,7 @@ def graph_reference(build: Callable[[Params], Graph]) -> Reference:
     def rop(params, x, v, r_x):
         graph = build(params)
         values, r_values, pullbacks = graph_rforward(graph, params, v, x, r_x)
-        return values[-1], r_values[-1], GraphRPullback(graph, params, values, pullbacks)
+        return values[-1], r_values[-1], GraphRPullback(graph, params, v, values, r_values, pullbacks)
 
     return Reference(forward, lambda params, x: forward(params, x)[1].kink_margin(), rop)
 
@@ -351,6 +366,7 @@ __all__ = [
     "GraphPullback",
     "GraphRPullback",
     "Node",
+    "RPull",
     "chain",
     "checked_pullback",
     "checked_r_pullback",

@@ -82,11 +82,12 @@ def _triangulate(report: GradientReport) -> tuple[str, str]:
     if reference and fd_reference and not fd_jax:
         return (
             "derivation",
-            f"the hand-derived gradient is wrong (JAX and finite differences agree) on {count}",
+            f"the hand-derived {report.quantity} is wrong (JAX and finite differences agree) on {count}",
         )
     if reference and fd_jax and not fd_reference:
         return "derivation", (
-            f"JAX's gradient is the odd one out (the reference and finite differences agree) on {count}: "
+            f"JAX's {report.quantity} is the odd one out (the reference and finite differences agree) on "
+            f"{count}: "
             "is a custom_vjp or custom_jvp rule in the JAX code wrong?"
         )
     if fd_jax and not reference and report.leaves[0].reference_vs_jax is None:
@@ -96,15 +97,16 @@ def _triangulate(report: GradientReport) -> tuple[str, str]:
         )
     if reference and not fd_jax and not fd_reference:
         return "derivation", (
-            f"the hand-derived gradient differs from JAX's beyond reference_rtol on {count}, by less than "
-            "finite differences resolve: a derivation computed in low precision (float32?) or a small slip"
+            f"the hand-derived {report.quantity} differs from JAX's beyond reference_rtol on {count}, "
+            "by less than finite differences resolve: a derivation computed in low precision (float32?) "
+            "or a small slip"
         )
     if (fd_jax or fd_reference) and not reference:
         return "finite differences", (
             f"JAX and the reference agree, finite differences do not, on {count}: a kink within the "
             "stencil's reach, or a forward too noisy for the step eps"
         )
-    return "derivation", f"the three gradients disagree pairwise on {count}"
+    return "derivation", f"the three {report.quantity}s disagree pairwise on {count}"
 
 
 def diagnose(report: GradientReport, culprits: tuple = (), sources: tuple = ()) -> GradientReport:

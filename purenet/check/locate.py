@@ -50,11 +50,13 @@ class Culprit(NamedTuple):
     """The node a failed check blames, and how it disagrees with JAX.
 
     Attributes:
-      stage: ``"forward"``, ``"backward"``, ``"loss"`` or ``"penalty"``.
+      stage: ``"forward"``, ``"backward"``, ``"loss"`` or ``"penalty"``; for
+        a second-order check also ``"R-forward"`` and ``"R-backward"``.
       name: the layer's (or loss's, or penalty's) name.
       path: where it sits: ``params[2]['block'][1]``; ``loss``; ``regularizer``.
       part: which of its results disagrees: ``value``, ``g_x``,
-        ``g_params['w']``, ``g_outputs``.
+        ``g_params['w']``, ``g_outputs``; second order: ``R{value}``,
+        ``R{g_x}``, ``R{g_params}['w']``, ``R{g_outputs}``.
       rel_error: the worst difference, relative to JAX's largest entry there.
       where: the index of the worst entry.
     """
@@ -75,7 +77,18 @@ class Culprit(NamedTuple):
                 f"the backward of {self.name} at {self.path} is wrong: its {self.part} differs from "
                 f"jax.vjp of its own apply by {at}; the leaves upstream of it inherit the error"
             )
+        if self.stage == "R-forward":
+            return (
+                f"the R-forward of {self.name} at {self.path} disagrees with jax.jvp of its own apply: {at}"
+            )
+        if self.stage == "R-backward":
+            return (
+                f"the R-backward of {self.name} at {self.path} is wrong: its {self.part} differs from "
+                f"jax.jvp of jax.vjp of its own apply by {at}; the leaves upstream of it inherit the error"
+            )
         what = "value" if self.part == "value" else f"gradient ({self.part})"
+        if self.part.startswith("R{"):
+            what = f"Hessian-vector product ({self.part})"
         return (
             f"the reference of the {self.stage} {self.name} is wrong: its {what} differs from JAX's by {at}"
         )
@@ -157,40 +170,46 @@ def _backward_records(name, apply, pullback, params, x, g, path, records: list):
     return result
 
 
-def _jax_twins(records: list[_Record], backward: bool) -> list:
-    """Each record's JAX side in one compiled call: apply(params, x), or jax.vjp of it fed g.
+def _first_order_twin(stage: str) -> Callable:
+    """A record's JAX side: ``apply(params, x)``, or for the backward ``jax.vjp`` of it fed g."""
+    if stage == "backward":
+        return lambda apply, p, x, g: jax.vjp(apply, p, x)[1](g)
+    return lambda apply, p, x, g: apply(p, x)
+
+
+def _jax_twins(records: list[_Record], twin: Callable) -> list:
+    """Each record's JAX side, ``twin(apply, params, x, value)``, in one compiled call.
 
     One compilation for the whole search: eagerly, every primitive of every
     node would compile on its own for each new shape.
     """
 
     def twins(inputs):
-        return [
-            jax.vjp(record.apply, p, x)[1](g) if backward else record.apply(p, x)
-            for record, (p, x, g) in zip(records, inputs)
-        ]
+        return [twin(record.apply, p, x, g) for record, (p, x, g) in zip(records, inputs)]
 
-    return _jit(twins)([(r.params, r.x, r.value if backward else None) for r in records])
+    return _jit(twins)([(r.params, r.x, r.value) for r in records])
 
 
-def _blamed(records: list[_Record], stage: str) -> list[Culprit]:
+def _blamed(records: list[_Record], stage: str, twin: Callable | None = None, compare=None) -> list[Culprit]:
     """The records that disagree with their JAX twins: the nodes first, combinators only if none does.
 
     A combinator is compared as a whole (a miswired graph) only when no node
-    disagrees, and only if no combinator inside it already does.
+    disagrees, and only if no combinator inside it already does.  ``twin``
+    and ``compare`` default to the first order's (``purenet.check.locate_rop``
+    passes the R-operator's).
     """
+    twin = twin or _first_order_twin(stage)
+    compare = compare or _compare
     nodes = [r for r in records if not r.composite]
-    culprits = [
-        c for r, t in zip(nodes, _jax_twins(nodes, stage == "backward")) if (c := _compare(r, t, stage))
-    ]
+    culprits = [c for r, t in zip(nodes, _jax_twins(nodes, twin)) if (c := compare(r, t, stage))]
     if culprits:
         return culprits
     composites, blamed = [r for r in records if r.composite], []
-    twins = _jax_twins(composites, stage == "backward") if composites else []
-    for record, twin in zip(composites, twins):
+    twins = _jax_twins(composites, twin) if composites else []
+    for record, twin_value in zip(composites, twins):
         if any(record.first <= inner.own < record.own for inner, _ in blamed):
             continue
-        culprit = _compare(record, twin, stage)
+        culprit = compare(record, twin_value, stage)
         if culprit is not None:
             blamed.append((record, culprit))
     return [culprit for _, culprit in blamed]

@@ -77,6 +77,8 @@ class GradientReport:
         with (``purenet.check.precision``), looked for when a check fails.
       verdict: ``passed``, ``precision``, ``forward``, ``derivation`` or
         ``finite differences``; ``headline`` says it in a sentence.
+      quantity: what the leaves compare: ``"gradient"``, or for a
+        second-order check ``"Hessian-vector product"`` or ``"Gauss-Newton product"``.
     """
 
     subject: str
@@ -93,6 +95,7 @@ class GradientReport:
     precision: tuple = ()
     verdict: str = ""
     headline: str = ""
+    quantity: str = "gradient"
 
     @property
     def forward_passed(self) -> bool:
@@ -163,7 +166,7 @@ class GradientReport:
     def _outcome(self) -> str:
         if self.passed:
             return "PASSED"
-        failed = [f"gradients of {len(self.failures)} of {len(self.leaves)} leaves"]
+        failed = [f"{self.quantity}s of {len(self.failures)} of {len(self.leaves)} leaves"]
         if not self.forward_passed:
             failed.insert(0, "the forward")
         return "FAILED: " + " and ".join(failed) + (f" ({self.verdict})" if self.verdict else "")

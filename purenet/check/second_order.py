@@ -1,0 +1,273 @@
+"""``check_hvp``: second-order trust, three ways, leaf by leaf (torch's gradgradcheck, and more).
+
+A Hessian-vector product H v (or a Gauss-Newton product G v) of a network's
+cost J = L(f(x; theta), y) + lambda Omega(theta) is computed three times,
+all in float64:
+
+* **JAX**: forward over reverse, ``jax.jvp`` of ``jax.grad`` (for G v:
+  ``jax.linearize`` of the network, the loss's Hessian by ``jax.jvp`` of its
+  ``jax.grad``, and the linear map's transpose);
+* **reference**: the hand-derived R-operator (``purenet.cost_reference``),
+  which never calls JAX's autodiff;
+* **finite differences (FD)**: the fourth-order central stencil of the
+  *reference gradient* along the unit direction u = v / |v|,
+
+      H u ~ [g(theta - 2h u) - 8 g(theta - h u) + 8 g(theta + h u) - g(theta + 2h u)] / (12 h),
+
+  times |v|: four first-order reference passes.  For G v the stencil runs
+  twice: along u over the reference forward (J u), then over the loss's
+  reference gradient along J u (H_L J u); the reference backward then gives
+  J^T of that, and the penalty's gradient is differenced along u.
+
+Every entry of every leaf is compared (no probing: all three sides are whole
+vectors).  A pair passes where ``|a - b| <= atol_pair + rtol * scale``, the
+scale being the leaf's largest |entry| of JAX's product; the floors scale
+with the largest product entry overall (and |grad| |v|, the stencil's
+rounding), since a product can be 0 exactly where the cost is piecewise
+linear.  On failure, ``purenet.check.locate_rop`` walks the R-passes node by
+node to say where.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from purenet.check.checks import (
+    _conclude,
+    _cost_kink_margin,
+    _cost_scalar,
+    _require_finite_point,
+    _require_layer,
+)
+from purenet.check.engine import (
+    STENCIL,
+    _compare,
+    _index_label,
+    _relative_difference,
+    finish,
+    jit_for_checks,
+    leaf_names,
+    tolerances,
+)
+from purenet.check.locate_rop import locate_second_order
+from purenet.check.report import GradientReport, LeafCheck
+from purenet.compiled import cached
+from purenet.core import ConfigError, Layer, check_like
+from purenet.cost_reference import reference_pass, second_order_pass
+from purenet.loss_record import loss_reference
+from purenet.penalties import penalty_reference
+from purenet.shapes import as_float64
+from purenet.validate import require_finite
+
+KINDS = ("hessian", "ggn")
+
+
+def check_hvp(
+    model: Layer,
+    params: Any,
+    x: Any,
+    targets: Any,
+    loss: Callable,
+    v: Any = None,
+    *,
+    regularizer: Any = None,
+    kind: str = "hessian",
+    reference_rtol: float = 1e-10,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    eps: float = 1e-4,
+    seed: int = 0,
+    raise_on_failure: bool = True,
+) -> GradientReport:
+    """Check H v (or G v) of J = loss(model(x), targets) (+ regularizer) three ways (module docstring).
+
+    Args:
+      model, params, x, targets, loss, regularizer: as for
+        ``check_gradients``; every part needs its R-pass (``Reference.rop``),
+        as the built-in layers, losses and penalties have.
+      v: the direction, a tree like ``params``; ``None`` draws a standard
+        normal one from ``seed``.
+      kind: ``"hessian"`` (H v) or ``"ggn"`` (G v = J^T H_L J v, plus the
+        penalty's own Hessian times v).
+      reference_rtol: the reference against JAX, relative to the leaf's scale.
+      rtol, atol: finite differences against either, relative, and the
+        absolute floor relative to the largest product entry.
+      eps: the stencil's step h along the unit direction.
+      seed: seeds the default ``v``.
+      raise_on_failure: raise ``GradientCheckError`` on a failure.
+
+    Returns:
+      A ``GradientReport`` with one row per params leaf; on failure its
+      ``culprit`` names the node whose own R-pass disagrees with JAX.
+    """
+    subject = _require_layer("check_hvp", model).replace("check_hvp", f"check_hvp[{_kind(kind)}]", 1)
+    tol = tolerances(subject, reference_rtol, rtol, atol, eps, 0, 1, seed)
+    _require_finite_point(subject, params, x)
+    with jax.enable_x64(True):
+        params64, x64, targets64 = as_float64(params), as_float64(x), as_float64(targets)
+        v64 = _direction(subject, params64, v, seed)
+        point = (model, params64, x64, targets64)
+        ours = second_order_pass(*point, loss, v64, regularizer, kind)
+        first, network_margin = reference_pass(*point, loss, regularizer)
+        margin = _cost_kink_margin(network_margin(), params64, first.outputs, targets64, loss, regularizer)
+        fd = _fd_product(point, loss, regularizer, v64, kind, tol.eps)
+        value, outputs, products = _jax_products(model, loss, regularizer)(params64, x64, targets64, v64)
+        product = products[kind]
+        scales = (_largest(product), _largest(first.g_params) * _norm(v64))
+        checks = _leaf_checks(params64, product, ours.product, fd, scales, tol)
+        report = GradientReport(
+            subject,
+            float(value),
+            _relative_difference(ours.outputs, outputs),
+            margin,
+            checks,
+            tol.reference_rtol,
+            tol.fd_rtol,
+            tol.atol,
+            tol.eps,
+            value_error=abs(ours.cost - float(value)) / max(1.0, abs(float(value))),
+            quantity="Hessian-vector product" if kind == "hessian" else "Gauss-Newton product",
+        )
+        locate = lambda: locate_second_order(*point, loss, regularizer, v64, kind)  # noqa: E731
+        report = _conclude(report, locate, _cost_scalar(model, loss, regularizer), (params64, x64), targets64)
+    return finish(report, raise_on_failure)
+
+
+def _kind(kind: Any) -> str:
+    if kind not in KINDS:
+        raise ConfigError("check_hvp", f"kind must be 'hessian' or 'ggn', got {kind!r}")
+    return kind
+
+
+def _direction(subject: str, params: Any, v: Any, seed: int) -> Any:
+    """``v`` checked like the params and finite, or a standard normal one drawn from ``seed``."""
+    if v is None:
+        rng = np.random.default_rng(seed)
+        return jax.tree_util.tree_map(lambda leaf: rng.standard_normal(np.shape(leaf)), params)
+    check_like(v, params, layer=subject, what="v")
+    require_finite(subject, "v", v)
+    return as_float64(v)
+
+
+# --------------------------------------------------------------------------
+# The three sides
+# --------------------------------------------------------------------------
+
+
+@cached
+def _jax_products(model: Layer, loss: Callable, regularizer: Any) -> Callable:
+    """``(params, x, targets, v) -> (J, outputs, {"hessian": H v, "ggn": G v})`` by JAX.
+
+    Both products in one program, compiled once per model, loss and
+    regularizer: a check of the other kind then compiles nothing, and for the
+    small models checks run on, compiling is nearly all the cost.
+    """
+
+    def penalty(p):
+        return 0.0 if regularizer is None else regularizer(p)
+
+    def products(params, x, targets, v):
+        def cost(p):
+            return loss(model.apply(p, x), targets) + penalty(p)
+
+        outputs, jvp_fn = jax.linearize(lambda p: model.apply(p, x), params)
+        loss_hessian_jv = jax.jvp(jax.grad(lambda o: loss(o, targets)), (outputs,), (jvp_fn(v),))[1]
+        gauss_newton = jax.linear_transpose(jvp_fn, params)(loss_hessian_jv)[0]
+        if regularizer is not None:
+            penalty_hv = jax.jvp(jax.grad(penalty), (params,), (v,))[1]
+            gauss_newton = jax.tree_util.tree_map(lambda a, b: a + b, gauss_newton, penalty_hv)
+        hessian_v = jax.jvp(jax.grad(cost), (params,), (v,))[1]  # forward over reverse
+        return cost(params), outputs, {"hessian": hessian_v, "ggn": gauss_newton}
+
+    return jit_for_checks(products)
+
+
+def _stencil(at: Callable[[float], Any], h: float) -> Any:
+    """d/dt at(t) at t = 0 by the 4-point central stencil: sum_k w_k at(s_k h) / (12 h)."""
+    points = [jax.tree_util.tree_map(lambda a, w=w: w * np.asarray(a), at(s * h)) for s, w in STENCIL]
+    return jax.tree_util.tree_map(lambda *terms: sum(terms) / (12.0 * h), *points)
+
+
+def _fd_product(point: tuple, loss: Any, regularizer: Any, v: Any, kind: str, h: float) -> Any:
+    """H v or G v by central differences of the reference's first-order passes (module docstring)."""
+    model, params, x, targets = point
+    norm = _norm(v)
+    if norm == 0.0:
+        return jax.tree_util.tree_map(np.zeros_like, params)
+    unit = jax.tree_util.tree_map(lambda a: a / norm, v)
+
+    def moved(t):
+        return jax.tree_util.tree_map(lambda p, u: p + t * u, params, unit)
+
+    def scaled(tree, factor):
+        return jax.tree_util.tree_map(lambda a: factor * a, tree)
+
+    if kind == "hessian":
+        gradient = lambda t: reference_pass(model, moved(t), x, targets, loss, regularizer)[0].g_params  # noqa: E731
+        return scaled(_stencil(gradient, h), norm)
+    outputs, pullback = model.reference.run(params, x, owner=model.name)
+    j_u = _stencil(lambda t: model.reference.value(moved(t), x), h)
+    j_norm = _norm(j_u)
+    loss_ref = loss_reference(loss)
+    if j_norm > 0.0:
+        along = lambda t: loss_ref.value_and_grad(outputs + t * j_u / j_norm, targets)[1]  # noqa: E731
+        product = pullback(scaled(_stencil(along, h), j_norm * norm))[0]
+    else:
+        product = jax.tree_util.tree_map(np.zeros_like, params)
+    if regularizer is not None:
+        penalty = penalty_reference(regularizer)
+        penalty_hv = _stencil(lambda t: penalty.value_and_grad(moved(t))[1], h)
+        product = jax.tree_util.tree_map(lambda a, b: a + norm * b, product, penalty_hv)
+    return product
+
+
+# --------------------------------------------------------------------------
+# The comparison
+# --------------------------------------------------------------------------
+
+
+def _leaf_checks(params, jax_side, reference, fd, scales: tuple[float, float], tol) -> tuple[LeafCheck, ...]:
+    """Every entry of every leaf, the three pairs (module docstring's floors)."""
+    product_scale, rounding_scale = scales
+    fd_floor = tol.atol * max(product_scale, rounding_scale)
+    reference_floor = 1e-4 * fd_floor
+    checks = []
+    for name, a_jax, a_ref, a_fd in zip(
+        leaf_names(params, "params"),
+        jax.tree_util.tree_leaves(jax_side),
+        jax.tree_util.tree_leaves(reference),
+        jax.tree_util.tree_leaves(fd),
+    ):
+        a_jax = np.asarray(a_jax, np.float64)
+        scale, label = float(np.max(np.abs(a_jax), initial=0.0)), _index_label(a_jax.shape)
+        checks.append(
+            LeafCheck(
+                name,
+                tuple(a_jax.shape),
+                scale,
+                "stencil along v",
+                _compare(a_ref, a_jax, scale, tol.reference_rtol, reference_floor, label),
+                _compare(a_fd, a_jax, scale, tol.fd_rtol, fd_floor, label),
+                _compare(a_fd, a_ref, scale, tol.fd_rtol, fd_floor, label),
+            )
+        )
+    return tuple(checks)
+
+
+def _largest(tree: Any) -> float:
+    return max(
+        (float(np.max(np.abs(np.asarray(a)), initial=0.0)) for a in jax.tree_util.tree_leaves(tree)),
+        default=0.0,
+    )
+
+
+def _norm(tree: Any) -> float:
+    return math.sqrt(sum(float(np.sum(np.square(np.asarray(a)))) for a in jax.tree_util.tree_leaves(tree)))
+
+
+__all__ = ["KINDS", "check_hvp"]
