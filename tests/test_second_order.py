@@ -80,7 +80,7 @@ def test_gaussian_nll_curvature_in_rho_matches_a_high_precision_difference(rho):
     getcontext().prec = 80
 
     def nll(r):  # y = mu: only the log term depends on rho
-        return -Decimal(0.5) * (1 + Decimal(r).exp()).ln().ln()
+        return -Decimal("0.5") * (1 + Decimal(r).exp()).ln().ln()
 
     h = Decimal("1e-6")
     r = Decimal(rho)
