@@ -329,3 +329,145 @@ def test_a_wrong_r_pass_inside_repeat_is_located_in_its_copy():
     report = failure(model, init(model))
     assert report.culprit.stage == "R-backward" and report.culprit.name == "Tanh"
     assert "of the stacked params" in report.culprit.path
+
+
+# --------------------------------------------------------------------------
+# One layer's R-passes (check_layer) and any function's H v (check_function)
+# --------------------------------------------------------------------------
+
+
+LAYERS = [
+    (pn.Dense(3), (4, 5)),
+    (pn.LowRankDense(3, 2), (4, 5)),
+    (pn.Maxout(3, 2), (4, 5)),
+    (pn.RBF(3), (4, 5)),
+    (pn.PReLU(), (4, 5)),
+    (pn.PReLU(shared=True), (4, 5)),
+    (pn.ReLU(), (4, 5)),
+    (pn.Sigmoid(), (4, 5)),
+    (pn.Tanh(), (4, 5)),
+    (pn.Softplus(), (4, 5)),
+    (pn.Cos(), (4, 5)),
+    (pn.HardTanh(), (4, 5)),
+    (pn.Flatten(), (4, 2, 3)),
+    (pn.Dropout(0.5), (4, 5)),
+    (pn.residual(pn.serial(pn.Dense(3), pn.Tanh())), (4, 5)),
+    (pn.dense_block(pn.Dense(2), pn.Sigmoid()), (4, 5)),
+    (pn.repeat(pn.serial(pn.Dense(5), pn.Softplus()), 2), (4, 5)),
+    (pn.fan_out(2), (4, 5)),
+    (pn.fan_in_sum(), ((4, 5), (4, 5))),
+    (pn.fan_in_concat(), ((4, 5), (4, 2))),
+    (pn.parallel(pn.Dense(2), pn.Tanh()), ((4, 5), (4, 2))),
+]
+
+
+@pytest.mark.parametrize("layer, shape", LAYERS, ids=[layer.name for layer, _ in LAYERS])
+def test_every_layers_r_passes_agree_with_jax_and_finite_differences(layer, shape):
+    report = pn.check_layer(layer, shape, second_order=True)
+    assert report.passed and report.quantity == "R-pass" and report.forward_error < 1e-12
+    assert all(leaf.path.startswith(("R{y}", "R{g_params}", "R{g_x}")) for leaf in report.leaves)
+
+
+def swish_rop(second_derivative):
+    """A user's Swish, h = z sigma(z), with its R-pass: f'' given by ``second_derivative``."""
+
+    def sigma(z):
+        return 1 / (1 + np.exp(-z))
+
+    def slope(z):
+        return sigma(z) * (1 + z * (1 - sigma(z)))
+
+    def rop(params, z, v, r_z):
+        def pullback(g, r_g):
+            return ((), g * slope(z)), ((), r_g * slope(z) + g * second_derivative(z, sigma(z)) * r_z)
+
+        return z * sigma(z), slope(z) * r_z, pullback
+
+    return rop
+
+
+SWISH = pn.Layer(lambda key, shape: (shape, ()), lambda params, z, **kw: z * jax.nn.sigmoid(z), name="Swish")
+
+
+def test_a_users_own_r_pass_is_checked_and_a_wrong_one_caught():
+    right = swish_rop(lambda z, s: s * (1 - s) * (2 + z * (1 - 2 * s)))
+    assert pn.check_layer(SWISH, (3, 4), rop=right).passed
+    wrong = swish_rop(lambda z, s: s * (1 - s) * (1 + z * (1 - 2 * s)))  # one sigma' term dropped
+    with pytest.raises(pn.GradientCheckError) as caught:
+        pn.check_layer(SWISH, (3, 4), rop=wrong)
+    report = caught.value.report
+    assert report.verdict == "derivation" and [leaf.path for leaf in report.failures] == ["R{g_x}"]
+    assert "hand-derived R-pass is wrong (JAX and finite differences agree)" in report.headline
+
+
+def test_check_layer_locates_a_wrong_r_pass_inside_a_combinator():
+    model = pn.serial(pn.Dense(3), pn.residual(pn.serial(pn.Dense(3), tanh_without_curvature())))
+    with pytest.raises(pn.GradientCheckError) as caught:
+        pn.check_layer(model, (4, 5), second_order=True)
+    assert caught.value.report.culprit[:4] == ("R-backward", "Tanh", "params[1]['block'][1]", "R{g_x}")
+
+
+def test_a_layer_without_an_r_pass_cannot_be_checked_to_second_order():
+    with pytest.raises(pn.MissingReferenceError, match=r"Swish.*no R-pass to check"):
+        pn.check_layer(SWISH, (3, 4), second_order=True)
+
+
+A = RNG.standard_normal((5, 3))
+
+
+def logsumexp_of_ax(x):
+    return jax.nn.logsumexp(jnp.asarray(A) @ x)
+
+
+def logsumexp_hvp(x, v, drop_outer=False):
+    """A^T (diag(q) - q q^T) A v, q = softmax(A x)."""
+    z = A @ x
+    q = np.exp(z - z.max())
+    q /= q.sum()
+    r = A @ v
+    return A.T @ (q * r - (0 if drop_outer else q * (q @ r)))
+
+
+def test_check_function_checks_a_hand_derived_hvp_and_catches_a_wrong_one():
+    x = RNG.standard_normal(3)
+    report = pn.check_function(logsumexp_of_ax, (x,), hvp=logsumexp_hvp)
+    assert report.passed and report.quantity == "Hessian-vector product"
+    with pytest.raises(pn.GradientCheckError, match="hand-derived Hessian-vector product is wrong"):
+        pn.check_function(logsumexp_of_ax, (x,), hvp=lambda x, v: logsumexp_hvp(x, v, drop_outer=True))
+
+
+def test_check_function_second_order_catches_a_wrong_custom_jvp():
+    @jax.custom_jvp
+    def cube(x):
+        return jnp.sum(x**3)
+
+    @cube.defjvp
+    def cube_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return cube(x), jnp.sum(3 * x**2 * t)
+
+    assert pn.check_function(cube, (RNG.standard_normal(4),), second_order=True).passed
+
+    @jax.custom_jvp
+    def wrong_cube(x):
+        return jnp.sum(x**3)
+
+    @wrong_cube.defjvp
+    def wrong_cube_jvp(primals, tangents):  # 3 x^2 right, but half its derivative stopped: JAX's H = 3x, not 6x
+        (x,), (t,) = primals, tangents
+        return wrong_cube(x), jnp.sum(3 * x * jax.lax.stop_gradient(x) * t)
+
+    point = (RNG.standard_normal(4),)
+    assert pn.check_function(wrong_cube, point).passed  # the first order cannot see it
+    with pytest.raises(pn.GradientCheckError, match="disagrees with finite differences"):
+        pn.check_function(wrong_cube, point, second_order=True)
+
+
+def test_check_function_second_order_refuses_what_it_cannot_check():
+    x = RNG.standard_normal(3)
+    with pytest.raises(pn.ConfigError, match="a second-order check needs a scalar f"):
+        pn.check_function(lambda x: x**2, (x,), second_order=True)
+    with pytest.raises(pn.ConfigError, match=r"give one of grad=.*\['grad', 'hvp'\]"):
+        pn.check_function(logsumexp_of_ax, (x,), grad=lambda x: x, hvp=logsumexp_hvp)
+    with pytest.raises(pn.ParamsError, match="hvp's result"):
+        pn.check_function(logsumexp_of_ax, (x,), hvp=lambda x, v: np.ones(4))

@@ -206,16 +206,18 @@ def check_layer(
     np_apply: Callable | None = None,
     params: Any = None,
     x: Any = None,
+    second_order: bool = False,
+    rop: Callable | None = None,
     reference_rtol: float = 1e-10,
     rtol: float = 1e-6,
     atol: float = 1e-9,
-    eps: float = 1e-5,
+    eps: float | None = None,
     max_coordinates: int = 64,
     directions: int = 16,
     seed: int = 0,
     raise_on_failure: bool = True,
 ) -> GradientReport:
-    """Check a layer's hand-derived backward against ``jax.grad`` and finite differences.
+    """Check a layer's hand-derived backward (or R-passes) against JAX and finite differences.
 
     This checks the vector-Jacobian product the backward computes for a
     random cotangent g_out: the gradient of s(params, x) = sum(apply(params, x) * g_out).
@@ -232,11 +234,25 @@ def check_layer(
         when given (the layer's reference forward is used otherwise).
       params, x: the point to check at (default: ``layer.init`` with
         ``PRNGKey(seed)``, documented and deterministic, and standard normal x).
+      second_order: check the layer's R-passes instead (its ``Reference.rop``,
+        Pearlmutter's R-operator): R{y} against ``jax.jvp`` of ``apply`` and
+        R{g_params}, R{g_x} against ``jax.jvp`` of ``jax.vjp``, both and
+        finite differences (``purenet.check.layer_rop``).
+      rop: with ``second_order``, an R-pass to check in place of the
+        layer's, ``rop(params, x, v, r_x) -> (y, r_y, pullback)`` with
+        ``pullback(g, r_g) -> ((g_params, g_x), (r_g_params, r_g_x))``.
+      eps: the finite-difference step; ``None`` is 1e-5 (1e-4 for second order).
       The rest: as for ``check_gradients``.
 
     Returns:
       A ``GradientReport``; raises ``GradientCheckError`` on a wrong backward.
     """
+    if second_order or rop is not None:
+        from purenet.check.layer_rop import check_layer_rop  # it builds on this module
+
+        tolerance = (reference_rtol, rtol, atol, 1e-4 if eps is None else eps)
+        return check_layer_rop(layer, input_shape, rop, params, x, tolerance, seed, raise_on_failure)
+    eps = 1e-5 if eps is None else eps
     subject = _require_layer("check_layer", layer)
     _require_something_to_check(layer, bprop)
     tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)

@@ -15,13 +15,20 @@ layer, this checks a plain function ``f(*args)`` (a loss of your own,
 All in float64 copies of ``args`` whether or not x64 is on globally, with
 the same probing and report as the other checks.  A check that fails because
 f computes part of itself in float32 (a captured constant, a cast) says so
-rather than blaming the derivation (``purenet.check.precision``).  The
-engine compares gradients of one scalar, so a second-order mode (the
-gradient of <grad f, v>) fits the same call.
+rather than blaming the derivation (``purenet.check.precision``).
+
+Second order (torch's ``gradgradcheck``, with a third opinion): for scalar f
+and a seeded random direction v, the Hessian-vector product H v is the
+gradient of s(args) = <grad f(args), v>, so the same engine checks your
+``hvp(*args, v)`` against ``jax.grad`` of s (reverse over reverse) and
+finite differences of ``jax.grad`` f along the probes; with no ``hvp``
+given (``second_order=True``), JAX's own second derivative against finite
+differences (a ``custom_jvp`` rule's derivative, say).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +52,8 @@ def check_function(
     *,
     grad: Callable | None = None,
     vjp: Callable | None = None,
+    hvp: Callable | None = None,
+    second_order: bool = False,
     reference_rtol: float = 1e-10,
     rtol: float = 1e-6,
     atol: float = 1e-9,
@@ -66,6 +75,10 @@ def check_function(
         In NumPy or JAX; it receives NumPy float64 arrays.
       vjp: for array f, ``vjp(*args, g_out) -> gradients`` (as ``grad``
         returns them) for a cotangent ``g_out`` shaped like f's output.
+      hvp: for scalar f, ``hvp(*args, v) -> H v`` (as ``grad`` returns
+        gradients; ``v`` is shaped like the argument, or a tuple like
+        ``args`` for several): checks the second order (module docstring).
+      second_order: check JAX's second derivative of f without an ``hvp``.
       reference_rtol, rtol, atol, eps, max_coordinates, directions, seed,
         raise_on_failure: as for ``check_gradients``.
 
@@ -73,10 +86,13 @@ def check_function(
       A ``GradientReport`` with one row per argument leaf, named after f's
       parameters (``A``, ``x['w']``); raises ``GradientCheckError`` on failure.
     """
-    subject = f"check_function({getattr(f, '__name__', type(f).__name__)})"
+    order = "[second order]" if second_order or hvp is not None else ""
+    subject = f"check_function{order}({getattr(f, '__name__', type(f).__name__)})"
     tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
     args = _arguments(subject, f, args)
-    _require_derivative(subject, grad, vjp)
+    _require_derivative(subject, grad, vjp, hvp)
+    if order:
+        return finish(_check_second_order(subject, f, args, hvp, tol), raise_on_failure)
     rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
         args64 = tuple(as_float64(args))
@@ -98,6 +114,49 @@ def check_function(
                 lambda a, d: scalar(a, d)[0], args64, data
             )
     return finish(diagnose(report, (), sources), raise_on_failure)
+
+
+def _check_second_order(subject: str, f: Callable, args: tuple, hvp: Callable | None, tol) -> GradientReport:
+    """H v of scalar f as the gradient of s = <grad f, v>: your hvp vs JAX vs finite differences."""
+    rng = np.random.default_rng(tol.seed)
+    with jax.enable_x64(True):
+        args64 = tuple(as_float64(args))
+        output = _output_shapes(subject, f, args64, None)
+        if not _is_scalar(output):
+            raise ConfigError(
+                subject, f"f returns {describe_tree(output)}: a second-order check needs a scalar f"
+            )
+        v = tuple(_cotangent(arg, rng) for arg in args64)
+        reference_side = None
+        if hvp is not None:
+            given = hvp(*args64, v[0] if len(args64) == 1 else v)
+            reference_side = (_as_gradients(subject, given, args64, "hvp"), None)
+        scalar = _directional_derivative(f)
+        names = _names(f, args64)
+        report = three_way(subject, scalar, args64, v, names, reference_side, np.inf, tol)
+        report = dataclasses.replace(report, quantity="Hessian-vector product")
+        sources = ()
+        if not report.passed:
+            given = () if reference_side is None else reference_side[0]
+            sources = _narrow_results(given, names) + precision_sources(
+                lambda a, d: scalar(a, d)[0], args64, v
+            )
+    return diagnose(report, (), sources)
+
+
+def _directional_derivative(f: Callable) -> Callable:
+    """``(args, v) -> (<grad f, v>, f)`` at args: its gradient is H v; never cached (f may read globals)."""
+
+    def scalar(args, v):
+        value, grads = jax.value_and_grad(lambda a: _scalar_leaf(f(*a)))(args)
+        products = jax.tree_util.tree_map(lambda g, d: jnp.sum(g * d), grads, v)
+        return sum(jax.tree_util.tree_leaves(products)), value
+
+    return scalar
+
+
+def _scalar_leaf(y: Any) -> jax.Array:
+    return jnp.reshape(jax.tree_util.tree_leaves(y)[0], ())
 
 
 def _arguments(subject: str, f: Callable, args: Any) -> tuple:
@@ -142,10 +201,15 @@ def _array_like(leaf: Any) -> bool:
     return hasattr(leaf, "dtype") or (isinstance(leaf, (float, int, list)) and not isinstance(leaf, bool))
 
 
-def _require_derivative(subject: str, grad: Callable | None, vjp: Callable | None) -> None:
-    if grad is not None and vjp is not None:
-        raise ConfigError(subject, "give grad= (scalar f) or vjp= (array f), not both")
-    for name, fn in (("grad", grad), ("vjp", vjp)):
+def _require_derivative(
+    subject: str, grad: Callable | None, vjp: Callable | None, hvp: Callable | None
+) -> None:
+    given = [name for name, fn in (("grad", grad), ("vjp", vjp), ("hvp", hvp)) if fn is not None]
+    if len(given) > 1:
+        raise ConfigError(
+            subject, f"give one of grad= (scalar f), vjp= (array f) or hvp= (scalar f), got {given}"
+        )
+    for name, fn in (("grad", grad), ("vjp", vjp), ("hvp", hvp)):
         if fn is not None and not callable(fn):
             raise ConfigError(subject, f"{name} must be a function, got {describe_tree(fn)}")
 

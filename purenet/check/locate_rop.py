@@ -113,9 +113,28 @@ def _r_backward_records(name, apply, pullback, p, x, g, path, records: list):
     return result
 
 
-def _search(stage: str, records: list[_Record]) -> list[Culprit]:
-    twin = _r_forward_twin if stage == "R-forward" else _r_backward_twin
-    return _blamed(records, stage, twin, _compare)
+def locate_in_layer_rop(layer: Layer, params, x, v, r_x, g, r_g) -> list[Culprit]:
+    """What disagrees inside ``layer``'s R-passes at (params, x) along (v, R{x}), fed (g, R{g})."""
+    outputs, r_outputs, pullback = layer.reference.run_rop(params, x, v, r_x, owner=layer.name)
+    return _search_forward(layer, pullback, (params, v), (x, r_x), (outputs, r_outputs)) or _search_backward(
+        layer, pullback, (params, v), (x, r_x), (g, r_g)
+    )
+
+
+def _apply(layer: Layer) -> Callable:
+    return lambda params, inputs: layer.apply(params, inputs)
+
+
+def _search_forward(layer: Layer, pullback, p, x, value) -> list[Culprit]:
+    records: list[_Record] = []
+    _r_forward_records(layer.name, _apply(layer), pullback, p, x, value, "params", records)
+    return _blamed(records, "R-forward", _r_forward_twin, _compare)[:1]
+
+
+def _search_backward(layer: Layer, pullback, p, x, g) -> list[Culprit]:
+    records: list[_Record] = []
+    _r_backward_records(layer.name, _apply(layer), pullback, p, x, g, "params", records)
+    return _blamed(records, "R-backward", _r_backward_twin, _compare)
 
 
 def locate_second_order(
@@ -128,11 +147,7 @@ def locate_second_order(
     """
     r_x = jax.tree_util.tree_map(np.zeros_like, x)
     outputs, r_outputs, pullback = model.reference.run_rop(params, x, v, r_x, owner=model.name)
-    apply = lambda p, inputs: model.apply(p, inputs)  # noqa: E731
-    records: list[_Record] = []
-    forward = ((outputs, r_outputs), (params, v), (x, r_x))
-    _r_forward_records(model.name, apply, pullback, forward[1], forward[2], forward[0], "params", records)
-    found = _search("R-forward", records)[:1]
+    found = _search_forward(model, pullback, (params, v), (x, r_x), (outputs, r_outputs))
     if found:
         return found
     _, _, loss_pullback = loss_reference(loss).run_rop(outputs, targets, r_outputs, owner=_name(loss))
@@ -143,9 +158,7 @@ def locate_second_order(
     if found:
         return found
     g = (g_outputs, h_r_outputs) if kind == "hessian" else (h_r_outputs, np.zeros_like(h_r_outputs))
-    records = []
-    _r_backward_records(model.name, apply, pullback, (params, v), (x, r_x), g, "params", records)
-    return _search("R-backward", records)
+    return _search_backward(model, pullback, (params, v), (x, r_x), g)
 
 
 def _jax_gradient_and_hvp(f: Callable, point: Any, direction: Any) -> tuple[Any, Any]:
@@ -176,4 +189,4 @@ def _first_bad(stage: str, name: str, path: str, ours, theirs, parts: tuple[str,
     return []
 
 
-__all__ = ["locate_second_order"]
+__all__ = ["locate_in_layer_rop", "locate_second_order"]

@@ -118,8 +118,8 @@ def check_hvp(
         fd = _fd_product(point, loss, regularizer, v64, kind, tol.eps)
         value, outputs, products = _jax_products(model, loss, regularizer)(params64, x64, targets64, v64)
         product = products[kind]
-        scales = (_largest(product), _largest(first.g_params) * _norm(v64))
-        checks = _leaf_checks(params64, product, ours.product, fd, scales, tol)
+        scales = (largest(product), largest(first.g_params) * norm(v64))
+        checks = leaf_checks(leaf_names(params64, "params"), product, ours.product, fd, scales, tol)
         report = GradientReport(
             subject,
             float(value),
@@ -181,13 +181,14 @@ def _jax_products(model: Layer, loss: Callable, regularizer: Any) -> Callable:
         if regularizer is not None:
             penalty_hv = jax.jvp(jax.grad(penalty), (params,), (v,))[1]
             gauss_newton = jax.tree_util.tree_map(lambda a, b: a + b, gauss_newton, penalty_hv)
-        hessian_v = jax.jvp(jax.grad(cost), (params,), (v,))[1]  # forward over reverse
-        return cost(params), outputs, {"hessian": hessian_v, "ggn": gauss_newton}
+        # forward over reverse; its primal is the cost itself, so the model is traced twice in all
+        (value, _), (_, hessian_v) = jax.jvp(jax.value_and_grad(cost), (params,), (v,))
+        return value, outputs, {"hessian": hessian_v, "ggn": gauss_newton}
 
     return jit_for_checks(products)
 
 
-def _stencil(at: Callable[[float], Any], h: float) -> Any:
+def stencil(at: Callable[[float], Any], h: float) -> Any:
     """d/dt at(t) at t = 0 by the 4-point central stencil: sum_k w_k at(s_k h) / (12 h)."""
     points = [jax.tree_util.tree_map(lambda a, w=w: w * np.asarray(a), at(s * h)) for s, w in STENCIL]
     return jax.tree_util.tree_map(lambda *terms: sum(terms) / (12.0 * h), *points)
@@ -196,10 +197,10 @@ def _stencil(at: Callable[[float], Any], h: float) -> Any:
 def _fd_product(point: tuple, loss: Any, regularizer: Any, v: Any, kind: str, h: float) -> Any:
     """H v or G v by central differences of the reference's first-order passes (module docstring)."""
     model, params, x, targets = point
-    norm = _norm(v)
-    if norm == 0.0:
+    length = norm(v)
+    if length == 0.0:
         return jax.tree_util.tree_map(np.zeros_like, params)
-    unit = jax.tree_util.tree_map(lambda a: a / norm, v)
+    unit = jax.tree_util.tree_map(lambda a: a / length, v)
 
     def moved(t):
         return jax.tree_util.tree_map(lambda p, u: p + t * u, params, unit)
@@ -209,20 +210,20 @@ def _fd_product(point: tuple, loss: Any, regularizer: Any, v: Any, kind: str, h:
 
     if kind == "hessian":
         gradient = lambda t: reference_pass(model, moved(t), x, targets, loss, regularizer)[0].g_params  # noqa: E731
-        return scaled(_stencil(gradient, h), norm)
+        return scaled(stencil(gradient, h), length)
     outputs, pullback = model.reference.run(params, x, owner=model.name)
-    j_u = _stencil(lambda t: model.reference.value(moved(t), x), h)
-    j_norm = _norm(j_u)
+    j_u = stencil(lambda t: model.reference.value(moved(t), x), h)
+    j_norm = norm(j_u)
     loss_ref = loss_reference(loss)
     if j_norm > 0.0:
         along = lambda t: loss_ref.value_and_grad(outputs + t * j_u / j_norm, targets)[1]  # noqa: E731
-        product = pullback(scaled(_stencil(along, h), j_norm * norm))[0]
+        product = pullback(scaled(stencil(along, h), j_norm * length))[0]
     else:
         product = jax.tree_util.tree_map(np.zeros_like, params)
     if regularizer is not None:
         penalty = penalty_reference(regularizer)
-        penalty_hv = _stencil(lambda t: penalty.value_and_grad(moved(t))[1], h)
-        product = jax.tree_util.tree_map(lambda a, b: a + norm * b, product, penalty_hv)
+        penalty_hv = stencil(lambda t: penalty.value_and_grad(moved(t))[1], h)
+        product = jax.tree_util.tree_map(lambda a, b: a + length * b, product, penalty_hv)
     return product
 
 
@@ -231,14 +232,21 @@ def _fd_product(point: tuple, loss: Any, regularizer: Any, v: Any, kind: str, h:
 # --------------------------------------------------------------------------
 
 
-def _leaf_checks(params, jax_side, reference, fd, scales: tuple[float, float], tol) -> tuple[LeafCheck, ...]:
-    """Every entry of every leaf, the three pairs (module docstring's floors)."""
+def leaf_checks(
+    names: list[str], jax_side, reference, fd, scales: tuple[float, float], tol
+) -> tuple[LeafCheck, ...]:
+    """Every entry of every leaf, the three pairs.
+
+    ``scales``: the largest entry of JAX's side overall, and the stencil's
+    rounding scale (|grad| |v|); the floors are ``atol`` times the larger
+    for finite differences, 1e-4 of that for the reference.
+    """
     product_scale, rounding_scale = scales
     fd_floor = tol.atol * max(product_scale, rounding_scale)
     reference_floor = 1e-4 * fd_floor
     checks = []
     for name, a_jax, a_ref, a_fd in zip(
-        leaf_names(params, "params"),
+        names,
         jax.tree_util.tree_leaves(jax_side),
         jax.tree_util.tree_leaves(reference),
         jax.tree_util.tree_leaves(fd),
@@ -259,15 +267,15 @@ def _leaf_checks(params, jax_side, reference, fd, scales: tuple[float, float], t
     return tuple(checks)
 
 
-def _largest(tree: Any) -> float:
+def largest(tree: Any) -> float:
     return max(
         (float(np.max(np.abs(np.asarray(a)), initial=0.0)) for a in jax.tree_util.tree_leaves(tree)),
         default=0.0,
     )
 
 
-def _norm(tree: Any) -> float:
+def norm(tree: Any) -> float:
     return math.sqrt(sum(float(np.sum(np.square(np.asarray(a)))) for a in jax.tree_util.tree_leaves(tree)))
 
 
-__all__ = ["KINDS", "check_hvp"]
+__all__ = ["KINDS", "check_hvp", "largest", "leaf_checks", "norm", "stencil"]
