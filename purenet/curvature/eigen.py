@@ -5,7 +5,9 @@ three-term recurrence builds an orthonormal Krylov basis Q and a tridiagonal
 T = Q^T A Q whose eigenvalues (the Ritz values) converge to A's extreme
 eigenvalues first.  Every step is reorthogonalized against the whole basis
 (section 10.3.1), and the loop stops once each wanted Ritz pair meets the
-residual bound ``beta_j |s_{j,i}| <= tol |theta_i|``.  The loop is a
+residual estimate ``beta_j |s_{j,i}| <= tol |theta_i|``; the residuals
+reported (and ``converged``) are then recomputed from the stored products,
+since in float32 the estimate falls far below the truth.  The loop is a
 device-resident ``lax.while_loop`` over flattened parameter vectors
 (``jax.flatten_util.ravel_pytree``), with pytrees in and out.
 
@@ -48,6 +50,7 @@ class LanczosState(NamedTuple):
     norm: jax.Array  # running max of ||A q_j||, the scale for breakdown
     finite: jax.Array  # every product so far was finite
     converged: jax.Array
+    products: jax.Array  # (m, P): the raw products A q_j, for true residuals; (0, P) where not kept
 
 
 def _orthogonalize(basis: jax.Array, vectors: jax.Array) -> jax.Array:
@@ -70,7 +73,7 @@ def lanczos_step(matvec: Callable, key: jax.Array, state: LanczosState) -> Lancz
     q = state.basis[j]
     w = matvec(q)
     finite = state.finite & jnp.all(jnp.isfinite(w))
-    w = jnp.where(finite, w, 0.0)
+    w = w_raw = jnp.where(finite, w, 0.0)
     alpha = jnp.vdot(q, w)
     norm = jnp.maximum(state.norm, jnp.linalg.norm(w))
     previous_beta = jnp.where(j > 0, state.betas[j - 1], 0.0)
@@ -84,7 +87,11 @@ def lanczos_step(matvec: Callable, key: jax.Array, state: LanczosState) -> Lancz
     broke = beta <= 10 * jnp.finfo(w.dtype).eps * jnp.maximum(norm, tiny)
     fresh = fresh / jnp.maximum(jnp.linalg.norm(fresh), tiny)
     next_q = jnp.where(broke, fresh, w / jnp.maximum(beta, tiny))
+    products = state.products
+    if products.shape[0]:  # static: lanczos keeps them, density's quadrature does not
+        products = products.at[j].set(w_raw)
     return state._replace(
+        products=products,
         basis=state.basis.at[j + 1].set(next_q),
         alphas=state.alphas.at[j].set(alpha),
         betas=state.betas.at[j].set(jnp.where(broke, 0.0, beta)),
@@ -94,12 +101,19 @@ def lanczos_step(matvec: Callable, key: jax.Array, state: LanczosState) -> Lancz
     )
 
 
-def initial_state(start: jax.Array, capacity: int) -> LanczosState:
-    """A state with room for ``capacity`` steps, whose first basis vector is ``start`` normalized."""
+def initial_state(start: jax.Array, capacity: int, keep_products: bool = False) -> LanczosState:
+    """A state with room for ``capacity`` steps, whose first basis vector is ``start`` normalized.
+
+    ``keep_products`` keeps every raw product A q_j (another ``capacity`` x P
+    numbers), from which ``lanczos`` computes the Ritz pairs' true residuals.
+    """
     basis = jnp.zeros((capacity + 1, start.size), start.dtype).at[0].set(start / jnp.linalg.norm(start))
     zeros = jnp.zeros(capacity, start.dtype)
     scalar = jnp.array(0.0, start.dtype)
-    return LanczosState(basis, zeros, zeros, jnp.array(0), scalar, jnp.array(True), jnp.array(False))
+    products = jnp.zeros((capacity if keep_products else 0, start.size), start.dtype)
+    return LanczosState(
+        basis, zeros, zeros, jnp.array(0), scalar, jnp.array(True), jnp.array(False), products
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("capacity",))
@@ -107,6 +121,7 @@ def _grow(state: LanczosState, *, capacity: int) -> LanczosState:
     """The same state with room for ``capacity`` steps (zero rows and entries appended)."""
     extra = capacity - state.alphas.shape[0]
     return state._replace(
+        products=jnp.pad(state.products, ((0, extra), (0, 0))),
         basis=jnp.pad(state.basis, ((0, extra), (0, 0))),
         alphas=jnp.pad(state.alphas, (0, extra)),
         betas=jnp.pad(state.betas, (0, extra)),
@@ -168,9 +183,15 @@ class Eigenpairs(NamedTuple):
       values: (k,) eigenvalues, largest first for ``which="top"``, smallest first for ``"bottom"``.
       vectors: the eigenvectors as a pytree of the params' structure, each
         leaf stacked on a leading axis of k; unit norm over the whole tree.
-      residuals: (k,) ||A y_i - theta_i y_i||, an error bound on each value.
+      residuals: (k,) the true residuals ||A y_i - theta_i y_i||, with A y_i
+        formed from the products the loop computed (a fresh product differs
+        only by the product's own rounding); a bound on each value's error.
       iterations: the Lanczos steps (= products) taken.
-      converged: whether every residual met ``tol`` before ``max_iterations``.
+      converged: whether every true residual met ``tol`` before ``max_iterations``.
+      estimates: (k,) the recurrence's residual estimates beta_j |s_{j,i}|,
+        which the loop stops on.  In exact arithmetic they equal
+        ``residuals``; in float32 they can fall far below them (2e-14
+        against 1e-6 measured), which is why ``converged`` reads the true ones.
     """
 
     values: jax.Array
@@ -178,62 +199,106 @@ class Eigenpairs(NamedTuple):
     residuals: jax.Array
     iterations: int
     converged: bool
+    estimates: jax.Array
 
 
-def _start_vector(where: str, op: CurvatureOperator, v0: Params | None, key: jax.Array) -> jax.Array:
-    flat, _ = flatten_params(op.params)
+def _start_vector(where: str, op: CurvatureOperator, v0: Params | None) -> jax.Array | None:
+    """``v0`` flattened after its checks, or None: the compiled run then draws the start itself."""
     if v0 is None:
-        return jax.random.normal(key, flat.shape, flat.dtype)
+        return None
     check_vector(where, "v0", v0, op.params)
     require_finite(where, "v0", v0)
+    flat, _ = flatten_params(op.params)
     start = flatten_params(v0)[0].astype(flat.dtype)
     if not bool(jnp.any(start != 0)):
         raise ConfigError(where, "v0 must not be the zero vector")
     return start
 
 
+def _converged(values: jax.Array, residuals: jax.Array, tol, norm: jax.Array | None = None) -> jax.Array:
+    """Every residual within ``tol`` of its value (values near 0 measured against the largest).
+
+    With ``norm`` (||A||, for true residuals): an eigenvalue at the rounding
+    level of ||A|| (a zero of a low-rank operator) is converged once its
+    residual is too, since no smaller one is computable in the dtype.
+    """
+    eps = jnp.finfo(values.dtype).eps
+    scale = jnp.maximum(jnp.abs(values), eps ** (2 / 3) * jnp.max(jnp.abs(values)))
+    within = residuals <= tol * scale
+    if norm is not None:
+        rounding = 100 * eps * norm
+        within = within | ((jnp.abs(values) <= rounding) & (residuals <= rounding))
+    return jnp.all(within)
+
+
 def _lanczos_loop(op, state, key, tol, *, k, largest):
-    """Continue Lanczos until converged, non-finite, or out of room in ``state``."""
+    """Continue Lanczos until converged (by the recurrence's estimates), non-finite, or out of room."""
     matvec = op.flat_matvec()
     capacity = state.alphas.shape[0]
-    floor = jnp.finfo(state.basis.dtype).eps ** (2 / 3)
 
     def keep_going(state):
         return (state.step < capacity) & state.finite & ~state.converged
 
     def step(state):
         state = lanczos_step(matvec, key, state)
-        values, _, residuals = _ritz(state, k, largest)
-        scale = jnp.maximum(jnp.abs(values), floor * jnp.max(jnp.abs(values)))
-        return state._replace(converged=(state.step >= k) & jnp.all(residuals <= tol * scale))
+        values, _, estimates = _ritz(state, k, largest)
+        return state._replace(converged=(state.step >= k) & _converged(values, estimates, tol))
 
     return jax.lax.while_loop(keep_going, step, state)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "largest"))
-def _ritz_pairs(state, *, k, largest):
-    values, coordinates, residuals = _ritz(state, k, largest)
-    return values, coordinates.T @ state.basis[:-1], residuals
+def _summary(op, state, tol, *, k, largest):
+    """The Ritz pairs, unflattened, with true residuals from the stored products: all on the device."""
+    values, coordinates, estimates = _ritz(state, k, largest)
+    vectors = coordinates.T @ state.basis[:-1]
+    images = coordinates.T @ state.products  # A y_i = sum_j s_ji A q_j
+    residuals = jnp.linalg.norm(images - values[:, None] * vectors, axis=1)
+    _, unflatten = flatten_params(op.params)
+    converged = state.converged & _converged(values, residuals, tol, state.norm)
+    return values, jax.vmap(unflatten)(vectors), residuals, estimates, converged
 
 
-def _run_growing(op, state, key, tol, *, k, largest, max_iterations):
+def _first_run(op, start, key, tol, *, k, largest, capacity):
+    """From the start vector (drawn here from ``key`` when None) to the Ritz pairs, in one compiled call."""
+    start_key, restart_key = jax.random.split(key)
+    if start is None:
+        flat, _ = flatten_params(op.params)
+        start = jax.random.normal(start_key, flat.shape, flat.dtype)
+    state = initial_state(start, capacity, keep_products=True)
+    state = _lanczos_loop(op, state, restart_key, tol, k=k, largest=largest)
+    return state, _summary(op, state, tol, k=k, largest=largest)
+
+
+def _continued_run(op, state, key, tol, *, k, largest):
+    restart_key = jax.random.split(key)[1]
+    state = _lanczos_loop(op, state, restart_key, tol, k=k, largest=largest)
+    return state, _summary(op, state, tol, k=k, largest=largest)
+
+
+def _run_growing(op, start, key, tol, *, k, largest, max_iterations):
     """Run in a basis that doubles as needed: each step reads the whole basis, so keep it short.
 
     Each capacity compiles once (and is cached), so there are at most
-    log2(max_iterations) compilations per loss function.  A non-finite
-    product stops the run and is raised, naming the step.
+    log2(max_iterations) compilations per loss function; a run that fits
+    its first basis (16 steps, or 2k) is one compiled call and one transfer
+    of its flags.  A non-finite product stops the run and is raised, naming the step.
     """
-    run = compiled(op, _lanczos_loop, "k", "largest")
+    capacity = min(max_iterations, max(2 * k, 16))
+    first = compiled(op, _first_run, "k", "largest", "capacity")
+    state, summary = first(op, start, key, tol, k=k, largest=largest, capacity=capacity)
     while True:
-        state = run(op, state, key, tol, k=k, largest=largest)
-        if not bool(state.finite):
+        finite, converged, steps = jax.device_get((state.finite, state.converged, state.step))
+        if not finite:
             raise NonFiniteCurvatureError(
-                "lanczos", f"the {op.kind}-vector product was not finite at step {int(state.step)}"
+                "lanczos", f"the {op.kind}-vector product was not finite at step {int(steps)}"
             )
-        capacity = state.alphas.shape[0]
-        if bool(state.converged) or capacity >= max_iterations:
-            return state
-        state = _grow(state, capacity=min(2 * capacity, max_iterations))
+        if converged or capacity >= max_iterations:
+            return summary, int(steps)
+        capacity = min(2 * capacity, max_iterations)
+        state = _grow(state, capacity=capacity)
+        state, summary = compiled(op, _continued_run, "k", "largest")(
+            op, state, key, tol, k=k, largest=largest
+        )
 
 
 def lanczos(
@@ -250,11 +315,14 @@ def lanczos(
 
     Lanczos with full reorthogonalization (Golub and Van Loan, section 10.1)
     as jit-compiled ``lax.while_loop``s on the device, in a basis of 16
-    vectors that doubles whenever it fills.  It stops once every
-    wanted Ritz pair has residual ||A y - theta y|| = beta_j |s_{j,i}| at most
-    ``tol * |theta_i|`` (an error bound on theta_i; the actual error is
-    usually the square of it over the spectral gap), or after
-    ``max_iterations`` products.  Memory: up to (max_iterations + 1) x P numbers.
+    vectors that doubles whenever it fills; a run that fits the first basis
+    (start vector, loop and Ritz pairs) is one compiled call.  It stops once
+    every wanted Ritz pair's residual estimate beta_j |s_{j,i}| is at most
+    ``tol * |theta_i|``, or after ``max_iterations`` products, and then
+    reports the true residuals ||A y - theta y|| (an error bound on theta_i;
+    the actual error is usually the square of it over the spectral gap),
+    which ``converged`` reads.  Memory: up to 2 max_iterations x P numbers
+    (the basis and the products, kept for the true residuals).
 
     Args:
       op: a ``CurvatureOperator``.
@@ -272,9 +340,11 @@ def lanczos(
 
     Returns:
       ``Eigenpairs``; check ``converged`` (or ``residuals``) before trusting
-      a value to ``tol``.  A residual bound says that *some* eigenvalue lies
-      that close, not that it is the k-th largest: with a loose ``tol`` an
-      early Ritz value can still be short of the top one.
+      a value to ``tol``.  In float32 the true residuals cannot fall much
+      below 1e-7 ||A||, so a smaller ``tol`` ends unconverged: ask in
+      float64.  A residual bound says that *some* eigenvalue lies that
+      close, not that it is the k-th largest: with a loose ``tol`` an early
+      Ritz value can still be short of the top one.
 
     Raises:
       ConfigError: k or max_iterations out of range, or an unknown ``which``.
@@ -285,11 +355,8 @@ def lanczos(
     if which not in ("top", "bottom"):
         raise ConfigError("lanczos", f"which must be 'top' or 'bottom', got {which!r}")
     key = jax.random.PRNGKey(0) if key is None else key
-    start_key, restart_key = jax.random.split(key)
-    start = _start_vector("lanczos", op, v0, start_key)
-    largest = which == "top"
-    state = initial_state(start, min(max_iterations, max(2 * k, 16)))
-    state = _run_growing(op, state, restart_key, tol, k=k, largest=largest, max_iterations=max_iterations)
-    values, vectors, residuals = _ritz_pairs(state, k=k, largest=largest)
-    _, unflatten = flatten_params(op.params)
-    return Eigenpairs(values, jax.vmap(unflatten)(vectors), residuals, int(state.step), bool(state.converged))
+    start = _start_vector("lanczos", op, v0)
+    (values, vectors, residuals, estimates, converged), steps = _run_growing(
+        op, start, key, tol, k=k, largest=which == "top", max_iterations=max_iterations
+    )
+    return Eigenpairs(values, vectors, residuals, steps, bool(converged), estimates)
