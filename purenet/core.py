@@ -126,17 +126,16 @@ class Reference:
     def run_rop(self, *args: Any, owner: str = "reference") -> tuple[Any, Any, Callable]:
         """``rop(*args)``, refused naming ``owner`` when missing or not ``(value, R{value}, pullback)``."""
         if self.rop is None:
+            message = "has no second-order reference: give its Reference a rop (Pearlmutter's R-operator, "
             raise MissingReferenceError(
-                owner,
-                "has no second-order reference: give its Reference a rop (Pearlmutter's R-operator, "
-                "see purenet.Reference), or check it to first order only",
+                owner, message + "see purenet.Reference), or check it to first order only"
             )
         result = self.rop(*args)
         if not (isinstance(result, tuple) and len(result) == 3 and callable(result[2])):
             got = f"a tuple of {len(result)}" if isinstance(result, tuple) else describe_tree(result)
-            raise MissingReferenceError(
-                owner, f"its rop must return (value, R{{value}}, pullback), got {got}"
-            )
+            if isinstance(result, tuple) and len(result) == 3:  # the pullback is not callable
+                got = f"a {type(result[2]).__name__} for the pullback"
+            raise MissingReferenceError(owner, f"its rop must return (y, R{{y}}, pullback), got {got}")
         check_like(result[1], result[0], layer=owner, what="the rop's R{value}", dtypes=False)
         return result
 

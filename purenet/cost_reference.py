@@ -29,7 +29,17 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from purenet.core import InputTypeError, Layer, Params, Reference, check_like, describe_tree
+from purenet.core import (
+    ConfigError,
+    InputTypeError,
+    Layer,
+    Params,
+    Reference,
+    ShapeError,
+    check_like,
+    describe_tree,
+    dtype_kind,
+)
 from purenet.loss_record import loss_reference
 from purenet.penalties import penalty_reference
 from purenet.reference import GraphPullback, checked_pullback, checked_r_pullback, require_reference
@@ -103,10 +113,11 @@ def reference_pass(
     model: Layer, params: Params, x: Any, targets: Any, loss: Callable | Reference, regularizer: Any = None
 ) -> tuple[ReferenceResult, Callable[[], float]]:
     """``reference_gradient``'s result and ``margin()``, the network's kink distance, from one forward."""
-    reference = _checked_point(f"reference_gradient({model.name})", model, params, x)
+    reference = _checked_point("reference_gradient", model, params, x)
     params, x, targets = as_float64(params), as_float64(x), as_float64(targets)
     outputs, pullback = reference.run(params, x, owner=model.name)
     value, g_outputs = loss_reference(loss).value_and_grad(outputs, targets)
+    check_like(g_outputs, outputs, layer=_loss_name(loss), what="the loss's gradient")
     g_params, g_x = checked_pullback(model.name, params, x, pullback)(g_outputs)
     if regularizer is not None:
         penalty, penalty_grad = penalty_reference(regularizer).value_and_grad(params)
@@ -130,12 +141,32 @@ def kink_margin(model: Layer, params: Params, x: Any) -> float:
 
 
 def _checked_point(subject: str, model: Layer, params: Params, x: Any) -> Reference:
-    """The model's reference, after checking the params against its init and the point for NaN."""
+    """The model's reference, after checking the params against its init and x (floating, finite, a batch)."""
+    if not isinstance(model, Layer):
+        raise ConfigError(subject, f"expected a purenet.Layer, got {describe_tree(model)}")
+    subject = f"{subject}({model.name})"
     reference = require_reference(model.name, model.reference)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
+        if dtype_kind(getattr(leaf, "dtype", None) or np.asarray(leaf).dtype) != "floating":
+            raise InputTypeError(
+                subject, f"x{jax.tree_util.keystr(path)} must be floating, got {describe_tree(leaf)}"
+            )
+        if np.ndim(leaf) >= 1 and np.shape(leaf)[0] == 0:
+            raise ShapeError(
+                subject,
+                f"x{jax.tree_util.keystr(path)} is an empty batch {np.shape(leaf)}: nothing to differentiate",
+            )
     check_like(params, params_template(model, x), layer=model.name)
     require_finite(subject, "params", params)
     require_finite(subject, "x", x)
     return reference
+
+
+def checked_result(owner: str, what: str, result: Any, like: Any) -> Any:
+    """A loss's or penalty's hand-derived result, refused by name unless shaped like ``like`` and finite."""
+    check_like(result, like, layer=owner, what=what)
+    require_finite(owner, what, result)
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -217,8 +248,9 @@ def second_order_pass(
     model: Layer, params: Params, x: Any, targets: Any, loss: Any, v: Params, regularizer: Any, kind: str
 ) -> SecondOrderResult:
     """The R-operator pass behind ``reference_hvp`` (kind "hessian") and ``reference_ggn_vp`` ("ggn")."""
-    subject = f"reference_{'hvp' if kind == 'hessian' else 'ggn_vp'}({model.name})"
+    subject = f"reference_{'hvp' if kind == 'hessian' else 'ggn_vp'}"
     reference = _checked_point(subject, model, params, x)
+    subject = f"{subject}({model.name})"
     check_like(v, params, layer=subject, what="v")
     require_finite(subject, "v", v)
     params, x, targets, v = as_float64(params), as_float64(x), as_float64(targets), as_float64(v)
@@ -226,22 +258,29 @@ def second_order_pass(
     outputs, r_outputs, pullback = reference.run_rop(params, x, v, r_x, owner=model.name)
     pullback = checked_r_pullback(model.name, params, x, pullback)
     loss_ref = loss_reference(loss)
-    value, _, loss_pullback = loss_ref.run_rop(outputs, targets, r_outputs, owner=_loss_name(loss))
+    owner = _loss_name(loss)
+    value, _, loss_pullback = loss_ref.run_rop(outputs, targets, r_outputs, owner=owner)
     g_outputs, h_r_outputs = loss_pullback(1.0, 0.0)  # dL/df and H_L R{f}
+    checked_result(owner, "the loss's gradient", g_outputs, outputs)
+    checked_result(owner, "the loss's Hessian-vector product (hessian_vp)", h_r_outputs, outputs)
     if kind == "hessian":
         (g_params, _), (product, _) = pullback(g_outputs, h_r_outputs)
     else:  # J^T (H_L J v): the first lane of the sweep, fed H_L J v
         g_params, ((product, _), _) = None, pullback(h_r_outputs, np.zeros_like(h_r_outputs))
     if regularizer is not None:
-        penalty, _, penalty_pullback = penalty_reference(regularizer).run_rop(params, v, owner="regularizer")
+        name = _loss_name(regularizer)
+        penalty, _, penalty_pullback = penalty_reference(regularizer).run_rop(params, v, owner=name)
         g_penalty, h_penalty = penalty_pullback(1.0, 0.0)
+        checked_result(name, "the penalty's gradient", g_penalty, params)
+        checked_result(name, "the penalty's Hessian-vector product", h_penalty, params)
         value, product = value + penalty, jax.tree_util.tree_map(np.add, product, h_penalty)
         g_params = None if g_params is None else jax.tree_util.tree_map(np.add, g_params, g_penalty)
     return SecondOrderResult(float(value), outputs, r_outputs, g_params, product)
 
 
 def _loss_name(loss: Any) -> str:
-    return getattr(loss, "name", None) or getattr(loss, "__name__", "the loss")
+    """How errors name a loss or a penalty: its name, its function's, or its type's."""
+    return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
 
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from purenet.core import MissingReferenceError, Reference
+from purenet.core import ConfigError, MissingReferenceError, Reference, check_like, describe_tree
 
 # --------------------------------------------------------------------------
 # The Loss record: the JAX loss, its reference, and what the trainer needs to know
@@ -85,15 +85,32 @@ def LossReference(
         and ``check_hvp``.
     """
 
-    def forward(outputs, targets):
+    for argument, function in (
+        ("value_and_grad", value_and_grad),
+        ("kinks", kinks),
+        ("hessian_vp", hessian_vp),
+    ):
+        if (argument == "value_and_grad" or function is not None) and not callable(function):
+            raise ConfigError(
+                "LossReference", f"{argument} must be a function, got {describe_tree(function)}"
+            )
+
+    def value_and_checked_grad(outputs, targets):
         value, grad = value_and_grad(outputs, targets)
+        check_like(grad, outputs, layer="LossReference", what="value_and_grad's gradient")
+        return value, grad
+
+    def forward(outputs, targets):
+        value, grad = value_and_checked_grad(outputs, targets)
         return value, lambda g: g * grad
 
     def rop(outputs, targets, r_outputs):
-        value, grad = value_and_grad(outputs, targets)
+        value, grad = value_and_checked_grad(outputs, targets)
 
         def pullback(g, r_g):
-            return g * grad, r_g * grad + g * hessian_vp(outputs, targets, r_outputs)
+            curvature = hessian_vp(outputs, targets, r_outputs)
+            check_like(curvature, outputs, layer="LossReference", what="hessian_vp's result")
+            return g * grad, r_g * grad + g * curvature
 
         return value, np.sum(grad * r_outputs), pullback
 

@@ -163,7 +163,7 @@ CONFIG_REFUSALS = [
     ({"rtol": -1.0}, "rtol"),
     ({"reference_rtol": float("nan")}, "reference_rtol"),
     ({"atol": -1e-9}, "atol"),
-    ({"grad": logsumexp_grad, "vjp": tanh_layer_vjp}, "not both"),
+    ({"grad": logsumexp_grad, "vjp": tanh_layer_vjp}, "give one of grad="),
     ({"grad": "not a function"}, "grad must be a function"),
 ]
 

@@ -453,7 +453,9 @@ def test_check_function_second_order_catches_a_wrong_custom_jvp():
         return jnp.sum(x**3)
 
     @wrong_cube.defjvp
-    def wrong_cube_jvp(primals, tangents):  # 3 x^2 right, but half its derivative stopped: JAX's H = 3x, not 6x
+    def wrong_cube_jvp(
+        primals, tangents
+    ):  # 3 x^2 right, but half its derivative stopped: JAX's H = 3x, not 6x
         (x,), (t,) = primals, tangents
         return wrong_cube(x), jnp.sum(3 * x * jax.lax.stop_gradient(x) * t)
 
@@ -471,3 +473,129 @@ def test_check_function_second_order_refuses_what_it_cannot_check():
         pn.check_function(logsumexp_of_ax, (x,), grad=lambda x: x, hvp=logsumexp_hvp)
     with pytest.raises(pn.ParamsError, match="hvp's result"):
         pn.check_function(logsumexp_of_ax, (x,), hvp=lambda x, v: np.ones(4))
+
+
+# --------------------------------------------------------------------------
+# A hostile hunt's findings: each must be caught, refused by name, or honest
+# --------------------------------------------------------------------------
+
+
+def swish_with(second_derivative, first_order_scale=1.0):
+    """Swish whose reference has a given f'' and a first order scaled by ``first_order_scale``."""
+    rop = swish_rop(second_derivative)
+    right = swish_rop(lambda z, s: s * (1 - s) * (2 + z * (1 - 2 * s)))
+
+    def forward(params, z):
+        y, _, pullback = right(params, z, (), np.zeros_like(z))
+        return y, lambda g: ((), first_order_scale * pullback(g, np.zeros_like(g))[0][1])
+
+    return SWISH.replace(reference=pn.Reference(forward, rop=rop))
+
+
+def test_a_slip_in_a_leaf_far_smaller_than_the_largest_is_still_caught():
+    """Deep tanh stack: the first layer's H v is ~1e-12 of the largest entry; f'' sign-flipped there."""
+    right = lambda z, s: s * (1 - s) * (2 + z * (1 - 2 * s))  # noqa: E731
+
+    def model(second_derivative):
+        layers = [layer for _ in range(16) for layer in (pn.Dense(6), pn.Tanh())]
+        return pn.serial(pn.Dense(6), swish_with(second_derivative), *layers, pn.Dense(3))
+
+    params = jax.tree_util.tree_map(lambda a: 0.2 * np.asarray(a) + 0.05, init(model(right), 5))
+    x = RNG.standard_normal((6, 5))
+    assert pn.check_hvp(model(right), params, x, LABELS, pn.softmax_cross_entropy).passed
+    report = failure(model(lambda z, s: -3 * right(z, s)), params, x=x)
+    assert report.culprit[:3] == ("R-backward", "Swish", "params[1]")
+
+
+def test_a_wrong_first_order_is_named_as_such_not_blamed_on_finite_differences():
+    model = pn.serial(
+        pn.Dense(4), swish_with(lambda z, s: s * (1 - s) * (2 + z * (1 - 2 * s)), 1.01), pn.Dense(3)
+    )
+    report = failure(model, init(model))
+    assert report.verdict == "derivation" and report.first_order_error > 1e-4
+    assert report.headline.startswith("the first-order reference gradient differs from jax.grad")
+    assert report.culprit[:4] == ("backward", "Swish", "params[1]", "g_x")
+
+
+@pytest.mark.parametrize("scale", [1e155, 1e-200])
+def test_the_verdict_does_not_depend_on_the_scale_of_v(scale):
+    model = pn.serial(pn.Dense(4), pn.Tanh(), pn.Dense(3))
+    params = init(model, 5)
+    v = jax.tree_util.tree_map(lambda a: scale * RNG.standard_normal(a.shape), params)
+    x = RNG.standard_normal((6, 5))
+    for kind in ("hessian", "ggn"):
+        assert pn.check_hvp(model, params, x, LABELS, pn.softmax_cross_entropy, v, kind=kind).passed
+
+
+def mse_with_hessian(hessian_vp):
+    reference = pn.mean_squared_error.reference
+    value_and_grad = lambda z, y: reference.value_and_grad(z, y)  # noqa: E731
+    return pn.Loss(
+        pn.mean_squared_error.fn, "my_mse", pn.LossReference(value_and_grad, hessian_vp=hessian_vp)
+    )
+
+
+@pytest.mark.parametrize(
+    "hessian_vp, error, message",
+    [
+        (lambda z, y, r: 2.0 * r.sum() / r.size, pn.ParamsError, r"LossReference.*hessian_vp's result.*shape"),
+        (lambda z, y, r: 2.0 * r[:, :1] / r.size, pn.ParamsError, r"LossReference.*hessian_vp's result.*shape"),
+        (lambda z, y, r: np.full(r.shape, np.nan), pn.DataError, r"my_mse.*hessian_vp.*finite"),
+        (lambda z, y, r: [1.0], pn.ParamsError, r"LossReference.*hessian_vp's result"),
+    ],
+)
+def test_a_loss_hessian_of_the_wrong_shape_or_value_is_refused_naming_the_loss(hessian_vp, error, message):
+    model = pn.serial(pn.Dense(4), pn.Tanh(), pn.Dense(3))
+    params = init(model)
+    with pytest.raises(error, match=message):
+        pn.reference_hvp(model, params, X, RNG.standard_normal((6, 3)), mse_with_hessian(hessian_vp), params)
+
+
+def test_bad_arguments_to_the_references_and_checks_are_refused_by_name():
+    model = pn.serial(pn.Dense(4), pn.Tanh(), pn.Dense(3))
+    params = init(model)
+    loss = pn.softmax_cross_entropy
+    with pytest.raises(pn.ConfigError, match="hessian_vp must be a function"):
+        pn.LossReference(lambda z, y: (0.0, z), hessian_vp=3)
+    with pytest.raises(pn.ShapeError, match=r"reference_hvp\(serial\).*empty batch"):
+        pn.reference_hvp(model, params, np.zeros((0, 4)), np.zeros(0, int), loss, params)
+    with pytest.raises(pn.InputTypeError, match=r"reference_hvp\(serial\).*x must be floating"):
+        pn.reference_hvp(model, params, np.ones((6, 4), int), LABELS, loss, params)
+    with pytest.raises(pn.ConfigError, match="expected a purenet.Layer"):
+        pn.reference_hvp(lambda p, x: x, params, X, LABELS, loss, params)
+    with pytest.raises(pn.ConfigError, match="loss must be the JAX function.*reference_loss"):
+        pn.check_hvp(model, params, X, LABELS, loss.reference)
+    assert pn.check_hvp(model, params, X, LABELS, loss.fn, reference_loss=loss.reference).passed
+    with pytest.raises(pn.ConfigError, match="second_order=True checks H v"):
+        pn.check_function(logsumexp_of_ax, (RNG.standard_normal(3),), second_order=True, grad=lambda x: x)
+    with pytest.raises(pn.ConfigError, match="a second-order check takes rop="):
+        pn.check_layer(SWISH, (3, 4), second_order=True, bprop=lambda p, x, g: ((), g))
+    with pytest.raises(pn.ConfigError, match="second_order must be True or False"):
+        pn.check_layer(pn.Tanh(), (3, 4), second_order="no")
+    with pytest.raises(pn.ConfigError, match="a check of nothing"):
+        pn.check_layer(pn.Tanh(), (3, 4), second_order=True, x=np.zeros((0, 4)))
+
+
+def test_a_penalty_rop_of_the_wrong_tree_is_refused_naming_the_penalty():
+    class Quartic:
+        __name__ = "Quartic"
+
+        def __call__(self, params):
+            return sum(jnp.sum(w**4) for w in jax.tree_util.tree_leaves(params))
+
+        @property
+        def reference(self):
+            def forward(params):
+                value = sum(np.sum(w**4) for w in jax.tree_util.tree_leaves(params))
+                return value, lambda g: jax.tree_util.tree_map(lambda w: g * 4 * w**3, params)
+
+            def rop(params, v):
+                value, pullback = forward(params)
+                return value, 0.0, lambda g, r_g: (pullback(g), {"oops": 0.0})
+
+            return pn.Reference(forward, rop=rop)
+
+    model = pn.serial(pn.Dense(4), pn.Tanh(), pn.Dense(3))
+    params = init(model)
+    with pytest.raises(pn.ParamsError, match=r"Quartic.*penalty's Hessian-vector product"):
+        pn.reference_hvp(model, params, X, LABELS, pn.softmax_cross_entropy, params, regularizer=Quartic())

@@ -247,9 +247,15 @@ def check_layer(
     Returns:
       A ``GradientReport``; raises ``GradientCheckError`` on a wrong backward.
     """
+    if not isinstance(second_order, bool):
+        raise ConfigError("check_layer", f"second_order must be True or False, got {second_order!r}")
     if second_order or rop is not None:
         from purenet.check.layer_rop import check_layer_rop  # it builds on this module
 
+        if bprop is not None or np_apply is not None:
+            raise ConfigError(
+                "check_layer", "a second-order check takes rop=; check bprop= in a call of its own"
+            )
         tolerance = (reference_rtol, rtol, atol, 1e-4 if eps is None else eps)
         return check_layer_rop(layer, input_shape, rop, params, x, tolerance, seed, raise_on_failure)
     eps = 1e-5 if eps is None else eps

@@ -106,7 +106,15 @@ def _triangulate(report: GradientReport) -> tuple[str, str]:
             f"JAX and the reference agree, finite differences do not, on {count}: a kink within the "
             "stencil's reach, or a forward too noisy for the step eps"
         )
-    return "derivation", f"the three {report.quantity}s disagree pairwise on {count}"
+    plural = report.quantity + ("es" if report.quantity.endswith("s") else "s")
+    return "derivation", f"the three {plural} disagree pairwise on {count}"
+
+
+def _only_the_first_order_failed(report: GradientReport) -> bool:
+    first_order = report.first_order_error
+    if first_order is None or first_order <= report.reference_rtol:
+        return False
+    return dataclasses.replace(report, first_order_error=None).forward_passed
 
 
 def diagnose(report: GradientReport, culprits: tuple = (), sources: tuple = ()) -> GradientReport:
@@ -116,6 +124,13 @@ def diagnose(report: GradientReport, culprits: tuple = (), sources: tuple = ()) 
         return dataclasses.replace(report, verdict="passed", headline="PASSED")
     if _explained_by_precision(report, report.precision):
         verdict, headline = "precision", _precision_headline(report, report.precision)
+    elif _only_the_first_order_failed(report):
+        verdict = "derivation"
+        headline = (
+            f"the first-order reference gradient differs from jax.grad by {report.first_order_error:.1e} "
+            f"relative, so the {report.quantity}'s finite differences (of that gradient) mean nothing"
+            + (f": {report.culprit}" if report.culprit is not None else "")
+        )
     elif not report.forward_passed:
         verdict = "forward"
         headline = "the reference forward disagrees with JAX" + (

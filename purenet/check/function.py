@@ -86,11 +86,17 @@ def check_function(
       A ``GradientReport`` with one row per argument leaf, named after f's
       parameters (``A``, ``x['w']``); raises ``GradientCheckError`` on failure.
     """
+    if not isinstance(second_order, bool):
+        raise ConfigError("check_function", f"second_order must be True or False, got {second_order!r}")
     order = "[second order]" if second_order or hvp is not None else ""
     subject = f"check_function{order}({getattr(f, '__name__', type(f).__name__)})"
     tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
     args = _arguments(subject, f, args)
     _require_derivative(subject, grad, vjp, hvp)
+    if second_order and (grad is not None or vjp is not None):
+        raise ConfigError(
+            subject, "second_order=True checks H v (give hvp=); check grad= or vjp= in a call of its own"
+        )
     if order:
         return finish(_check_second_order(subject, f, args, hvp, tol), raise_on_failure)
     rng = np.random.default_rng(seed)
@@ -126,6 +132,8 @@ def _check_second_order(subject: str, f: Callable, args: tuple, hvp: Callable | 
             raise ConfigError(
                 subject, f"f returns {describe_tree(output)}: a second-order check needs a scalar f"
             )
+        if not any(np.size(leaf) for leaf in jax.tree_util.tree_leaves(args64)):
+            raise ConfigError(subject, "args hold no entries: a check of nothing cannot pass")
         v = tuple(_cotangent(arg, rng) for arg in args64)
         reference_side = None
         if hvp is not None:

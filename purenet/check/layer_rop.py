@@ -34,7 +34,7 @@ from purenet.check.locate_rop import locate_in_layer_rop
 from purenet.check.report import GradientReport
 from purenet.check.second_order import largest, leaf_checks, norm, stencil
 from purenet.compiled import cached
-from purenet.core import Layer, MissingReferenceError, Reference
+from purenet.core import ConfigError, Layer, MissingReferenceError, Reference
 from purenet.reference import checked_r_pullback
 
 
@@ -59,6 +59,8 @@ def check_layer_rop(
     with jax.enable_x64(True):
         params64, x64, g = _layer_point(layer, input_shape, params, x, seed, rng)
         _require_finite_point(subject, params64, x64)
+        if not any(np.size(leaf) for leaf in jax.tree_util.tree_leaves(x64)):
+            raise ConfigError(subject, "x holds no entries: a check of nothing cannot pass")
         v, r_x, r_g = (
             jax.tree_util.tree_map(lambda a: rng.standard_normal(np.shape(a)), t) for t in (params64, x64, g)
         )

@@ -79,6 +79,9 @@ class GradientReport:
         ``finite differences``; ``headline`` says it in a sentence.
       quantity: what the leaves compare: ``"gradient"``, or for a
         second-order check ``"Hessian-vector product"`` or ``"Gauss-Newton product"``.
+      first_order_error: a second-order check's reference gradient against
+        ``jax.grad``, relative to its largest entry (its finite differences
+        are of that gradient, so it must be right first); ``None`` otherwise.
     """
 
     subject: str
@@ -96,11 +99,12 @@ class GradientReport:
     verdict: str = ""
     headline: str = ""
     quantity: str = "gradient"
+    first_order_error: float | None = None
 
     @property
     def forward_passed(self) -> bool:
-        forward = self.forward_error is None or self.forward_error <= self.reference_rtol
-        return forward and (self.value_error is None or self.value_error <= self.reference_rtol)
+        errors = (self.forward_error, self.value_error, self.first_order_error)
+        return all(error is None or error <= self.reference_rtol for error in errors)
 
     @property
     def passed(self) -> bool:
@@ -146,6 +150,8 @@ class GradientReport:
         )
         if self.value_error is not None:
             forward += f", cost {self.value_error:.1e} relative"
+        if self.first_order_error is not None:
+            forward += f", gradient {self.first_order_error:.1e} relative"
         forward += "" if self.forward_passed else "  FAIL"
         margin = "none (smooth)" if np.isinf(self.kink_margin) else f"{self.kink_margin:.2e}"
         lines = [
@@ -166,7 +172,8 @@ class GradientReport:
     def _outcome(self) -> str:
         if self.passed:
             return "PASSED"
-        failed = [f"{self.quantity}s of {len(self.failures)} of {len(self.leaves)} leaves"]
+        plural = self.quantity + ("es" if self.quantity.endswith("s") else "s")
+        failed = [f"{plural} of {len(self.failures)} of {len(self.leaves)} leaves"]
         if not self.forward_passed:
             failed.insert(0, "the forward")
         return "FAILED: " + " and ".join(failed) + (f" ({self.verdict})" if self.verdict else "")
