@@ -247,24 +247,28 @@ def check_layer(
     Returns:
       A ``GradientReport``; raises ``GradientCheckError`` on a wrong backward.
     """
-    if not isinstance(second_order, bool):
-        raise ConfigError("check_layer", f"second_order must be True or False, got {second_order!r}")
-    if second_order or rop is not None:
+    if _second_order(second_order, rop, bprop, np_apply):
         from purenet.check.layer_rop import check_layer_rop  # it builds on this module
 
-        if bprop is not None or np_apply is not None:
-            raise ConfigError(
-                "check_layer", "a second-order check takes rop=; check bprop= in a call of its own"
-            )
         tolerance = (reference_rtol, rtol, atol, 1e-4 if eps is None else eps)
         return check_layer_rop(layer, input_shape, rop, params, x, tolerance, seed, raise_on_failure)
     eps = 1e-5 if eps is None else eps
+    tolerance = (reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
+    return finish(
+        _check_layer_first_order(layer, input_shape, bprop, np_apply, params, x, tolerance), raise_on_failure
+    )
+
+
+def _check_layer_first_order(
+    layer: Layer, input_shape, bprop, np_apply, params, x, tolerance: tuple
+) -> GradientReport:
+    """check_layer's first order: the backward (the layer's, or ``bprop``) as the gradient of <apply, g>."""
     subject = _require_layer("check_layer", layer)
     _require_something_to_check(layer, bprop)
-    tol = tolerances(subject, reference_rtol, rtol, atol, eps, max_coordinates, directions, seed)
-    rng = np.random.default_rng(seed)
+    tol = tolerances(subject, *tolerance)
+    rng = np.random.default_rng(tol.seed)
     with jax.enable_x64(True):
-        params64, x64, g_out = _layer_point(layer, input_shape, params, x, seed, rng)
+        params64, x64, g_out = _layer_point(layer, input_shape, params, x, tol.seed, rng)
         _require_finite_point(subject, params64, x64)
         ref_outputs, pullback = _layer_pullback(layer, bprop, np_apply, params64, x64)
         reference_side = (checked_pullback(layer.name, params64, x64, pullback)(g_out), ref_outputs)
@@ -272,10 +276,18 @@ def check_layer(
         names = leaf_names(params64, "params") + leaf_names(x64, "x")
         scalar = _projection_scalar(layer)
         report = three_way(subject, scalar, (params64, x64), g_out, names, reference_side, margin, tol)
-        report = _conclude(
-            report, _layer_locator(layer, bprop, params64, x64, g_out, report), scalar, (params64, x64), g_out
-        )
-    return finish(report, raise_on_failure)
+        locator = _layer_locator(layer, bprop, params64, x64, g_out, report)
+        return _conclude(report, locator, scalar, (params64, x64), g_out)
+
+
+def _second_order(second_order: Any, rop, bprop, np_apply) -> bool:
+    """Whether check_layer checks the R-passes; a flag that is not a bool, or a mixed request, refused."""
+    if not isinstance(second_order, bool):
+        raise ConfigError("check_layer", f"second_order must be True or False, got {second_order!r}")
+    wanted = second_order or rop is not None
+    if wanted and (bprop is not None or np_apply is not None):
+        raise ConfigError("check_layer", "a second-order check takes rop=; check bprop= in a call of its own")
+    return wanted
 
 
 def _require_something_to_check(layer: Layer, bprop: Callable | None) -> None:

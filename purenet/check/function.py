@@ -99,7 +99,12 @@ def check_function(
         )
     if order:
         return finish(_check_second_order(subject, f, args, hvp, tol), raise_on_failure)
-    rng = np.random.default_rng(seed)
+    return finish(_check_first_order(subject, f, args, grad, vjp, tol), raise_on_failure)
+
+
+def _check_first_order(subject: str, f: Callable, args: tuple, grad, vjp, tol) -> GradientReport:
+    """The user's gradient (scalar f) or VJP (array f) against JAX and finite differences."""
+    rng = np.random.default_rng(tol.seed)
     with jax.enable_x64(True):
         args64 = tuple(as_float64(args))
         output = _output_shapes(subject, f, args64, grad)
@@ -119,7 +124,7 @@ def check_function(
             sources = _narrow_results(given, names) + precision_sources(
                 lambda a, d: scalar(a, d)[0], args64, data
             )
-    return finish(diagnose(report, (), sources), raise_on_failure)
+    return diagnose(report, (), sources)
 
 
 def _check_second_order(subject: str, f: Callable, args: tuple, hvp: Callable | None, tol) -> GradientReport:

@@ -114,41 +114,38 @@ def check_hvp(
     loss_ref = _require_jax_functions(subject, loss, regularizer, reference_loss)
     _require_finite_point(subject, params, x)
     with jax.enable_x64(True):
-        params64, x64, targets64 = as_float64(params), as_float64(x), as_float64(targets)
-        v64 = _direction(subject, params64, v, seed)
-        point = (model, params64, x64, targets64)
-        ours = second_order_pass(*point, loss_ref, v64, regularizer, kind)
-        first, network_margin = reference_pass(*point, loss_ref, regularizer)
-        margin = _cost_kink_margin(
-            network_margin(), params64, first.outputs, targets64, loss_ref, regularizer
-        )
-        fd = _fd_product(point, loss_ref, regularizer, v64, kind, tol.eps)
-        value, outputs, gradient, products = _jax_products(model, loss, regularizer)(
-            params64, x64, targets64, v64
-        )
-        product = products[kind]
-        scales = (largest(product), largest(first.g_params) * norm(v64))
-        checks = leaf_checks(leaf_names(params64, "params"), product, ours.product, fd, scales, tol)
-        report = GradientReport(
-            subject,
-            float(value),
-            _relative_difference(ours.outputs, outputs),
-            margin,
-            checks,
-            tol.reference_rtol,
-            tol.fd_rtol,
-            tol.atol,
-            tol.eps,
-            value_error=abs(ours.cost - float(value)) / max(1.0, abs(float(value))),
-            quantity="Hessian-vector product" if kind == "hessian" else "Gauss-Newton product",
-            first_order_error=_relative_difference(first.g_params, gradient),
-        )
-        report = _conclude(
-            report,
-            _locator(report, point, loss_ref, loss, regularizer, v64, kind),
-            *_scalar(point, loss, regularizer),
-        )
+        point = (model, as_float64(params), as_float64(x), as_float64(targets))
+        v64 = _direction(subject, point[1], v, seed)
+        report = _hvp_report(subject, point, (loss, loss_ref, regularizer), v64, kind, tol)
+        locate = _locator(report, point, loss_ref, loss, regularizer, v64, kind)
+        report = _conclude(report, locate, *_scalar(point, loss, regularizer))
     return finish(report, raise_on_failure)
+
+
+def _hvp_report(subject: str, point: tuple, functions: tuple, v, kind: str, tol) -> GradientReport:
+    """The three products leaf by leaf; the reference forward, cost and gradient against JAX's."""
+    (model, params, x, targets), (loss, loss_ref, regularizer) = point, functions
+    ours = second_order_pass(*point, loss_ref, v, regularizer, kind)
+    first, network_margin = reference_pass(*point, loss_ref, regularizer)
+    margin = _cost_kink_margin(network_margin(), params, first.outputs, targets, loss_ref, regularizer)
+    fd = _fd_product(point, loss_ref, regularizer, v, kind, tol.eps)
+    value, outputs, gradient, products = _jax_products(model, loss, regularizer)(params, x, targets, v)
+    product = products[kind]
+    scales = (largest(product), largest(first.g_params) * norm(v))
+    return GradientReport(
+        subject,
+        float(value),
+        _relative_difference(ours.outputs, outputs),
+        margin,
+        leaf_checks(leaf_names(params, "params"), product, ours.product, fd, scales, tol),
+        tol.reference_rtol,
+        tol.fd_rtol,
+        tol.atol,
+        tol.eps,
+        value_error=abs(ours.cost - float(value)) / max(1.0, abs(float(value))),
+        quantity="Hessian-vector product" if kind == "hessian" else "Gauss-Newton product",
+        first_order_error=_relative_difference(first.g_params, gradient),
+    )
 
 
 def _locator(report: GradientReport, point: tuple, loss_ref, loss, regularizer, v, kind: str):
