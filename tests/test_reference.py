@@ -239,8 +239,12 @@ def test_reference_runs_on_numpy_alone_and_returns_numpy(key):
 
 REFERENCE_SOURCES = [
     "reference.py",
+    "cost_reference.py",
     "combinators.py",
+    "repeat.py",
     "losses.py",
+    "loss_record.py",
+    "penalties.py",
     *(f"layers/{p.name}" for p in (pathlib.Path(pn.__file__).parent / "layers").glob("*.py")),
 ]
 
