@@ -116,14 +116,17 @@ def _check_first_order(subject: str, f: Callable, args: tuple, grad, vjp, tol) -
         elif vjp is not None:
             reference_side = (_as_gradients(subject, vjp(*args64, data), args64, "vjp"), None)
         scalar = _function_scalar(f, scalar_output)
-        names = _names(f, args64)
-        report = three_way(subject, scalar, args64, data, names, reference_side, np.inf, tol)
-        sources = ()
-        if not report.passed:
-            given = () if reference_side is None else reference_side[0]
-            sources = _narrow_results(given, names) + precision_sources(
-                lambda a, d: scalar(a, d)[0], args64, data
-            )
+        return _compared(subject, scalar, args64, data, _names(f, args64), reference_side, tol)
+
+
+def _compared(subject: str, scalar: Callable, args: tuple, data, names, reference_side, tol, **report_fields):
+    """The three-way comparison, diagnosed: on failure, narrow results and casts looked for first."""
+    report = three_way(subject, scalar, args, data, names, reference_side, np.inf, tol)
+    report = dataclasses.replace(report, **report_fields)
+    sources = ()
+    if not report.passed:
+        given = () if reference_side is None else reference_side[0]
+        sources = _narrow_results(given, names) + precision_sources(lambda a, d: scalar(a, d)[0], args, data)
     return diagnose(report, (), sources)
 
 
@@ -146,15 +149,9 @@ def _check_second_order(subject: str, f: Callable, args: tuple, hvp: Callable | 
             reference_side = (_as_gradients(subject, given, args64, "hvp"), None)
         scalar = _directional_derivative(f)
         names = _names(f, args64)
-        report = three_way(subject, scalar, args64, v, names, reference_side, np.inf, tol)
-        report = dataclasses.replace(report, quantity="Hessian-vector product")
-        sources = ()
-        if not report.passed:
-            given = () if reference_side is None else reference_side[0]
-            sources = _narrow_results(given, names) + precision_sources(
-                lambda a, d: scalar(a, d)[0], args64, v
-            )
-    return diagnose(report, (), sources)
+        return _compared(
+            subject, scalar, args64, v, names, reference_side, tol, quantity="Hessian-vector product"
+        )
 
 
 def _directional_derivative(f: Callable) -> Callable:
@@ -279,7 +276,7 @@ def _function_scalar(f: Callable, scalar_output: bool) -> Callable:
     def scalar(args, g_out):
         y = f(*args)
         if scalar_output:  # one scalar leaf, possibly inside a dict or tuple
-            return jnp.reshape(jax.tree_util.tree_leaves(y)[0], ()) * g_out, y
+            return _scalar_leaf(y) * g_out, y
         products = jax.tree_util.tree_map(lambda y_i, g_i: jnp.sum(y_i * g_i), y, g_out)
         return sum(jax.tree_util.tree_leaves(products)), y
 

@@ -28,7 +28,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from purenet.check.checks import _conclude, _layer_point, _require_finite_point, _require_layer
+from purenet.check.checks import (
+    _conclude,
+    _layer_kink_margin,
+    _layer_point,
+    _projection_scalar,
+    _require_finite_point,
+    _require_layer,
+)
 from purenet.check.engine import _relative_difference, finish, jit_for_checks, leaf_names, tolerances
 from purenet.check.locate_rop import locate_in_layer_rop
 from purenet.check.report import GradientReport
@@ -79,7 +86,7 @@ def check_layer_rop(
             subject,
             0.0,
             _relative_difference((ours[0], ours[2]), (theirs[0], theirs[2])),
-            _kink_margin(layer, params64, x64),
+            _layer_kink_margin(layer, params64, x64),
             checks,
             tol.reference_rtol,
             tol.fd_rtol,
@@ -88,7 +95,7 @@ def check_layer_rop(
             quantity="R-pass",
         )
         locate = (lambda: locate_in_layer_rop(layer, *point)) if rop is None else (lambda: [])
-        report = _conclude(report, locate, _projection(layer), (params64, x64), g)
+        report = _conclude(report, locate, _projection_scalar(layer), (params64, x64), g)
     return finish(report, raise_on_failure)
 
 
@@ -153,24 +160,6 @@ def _fd_side(layer: Layer, reference: Reference, point: tuple, h: float) -> tupl
     along_r_g = pullback(r_g, r_g)[0]  # the first lane fed R{g}: the pullback is linear in its cotangent
     r_grads = jax.tree_util.tree_map(lambda a, b: length * a + b, grads_rate, along_r_g)
     return jax.tree_util.tree_map(lambda a: length * a, y_rate), *r_grads
-
-
-def _kink_margin(layer: Layer, params, x) -> float:
-    if layer.reference is None or layer.reference.kinks is None:
-        return float(np.inf)
-    return float(layer.reference.kinks(params, x))
-
-
-@cached
-def _projection(layer: Layer) -> Callable:
-    """``((params, x), g) -> (<apply(params, x), g>, y)``: what the precision search reads."""
-
-    def scalar(args, g):
-        y = layer.apply(*args)
-        products = jax.tree_util.tree_map(lambda a, b: (a * b).sum(), y, g)
-        return sum(jax.tree_util.tree_leaves(products)), y
-
-    return scalar
 
 
 __all__ = ["check_layer_rop"]
