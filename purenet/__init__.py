@@ -88,7 +88,9 @@ from purenet.repeat import repeat
 from purenet.summary import count_params, summary
 from purenet.textbook import textbook_mlp_gradient
 from purenet.train import (
+    EarlyStopping,
     FitResult,
+    KeepCheckpoints,
     NonFiniteLossError,
     ResumeError,
     StepOutput,
@@ -176,6 +178,8 @@ __all__ = [
     "fan_in_sum",
     "fan_out",
     "fit",
+    "EarlyStopping",
+    "KeepCheckpoints",
     "flatten_params",
     "gaussian_nll",
     "ggn_operator",

@@ -2,19 +2,26 @@
 
 The package is split by concern, its imports running one way:
 ``base`` (the shared names) <- ``step`` (one step, K steps in one dispatch)
-<- ``evaluation`` (metrics, ``evaluate``) and ``loop`` (``fit``).
+<- ``evaluation`` (metrics, ``evaluate``), ``resume`` (fit's checkpoint),
+``callbacks`` (the epoch-end protocol, ``EarlyStopping``) <- ``keep``
+(``KeepCheckpoints``), ``inputs`` (fit's argument checks) <- ``loop`` (``fit``).
 """
 
 from purenet.train.base import FitResult, NonFiniteLossError, ResumeError, StepOutput, TrainState
+from purenet.train.callbacks import EarlyStopping, Monitor
 from purenet.train.evaluation import accuracy, binary_accuracy, evaluate
-from purenet.train.loop import _mesh_shardings as _mesh_shardings  # tests/test_mesh.py reads it here
+from purenet.train.inputs import _mesh_shardings as _mesh_shardings  # tests/test_mesh.py reads it here
+from purenet.train.keep import KeepCheckpoints
 from purenet.train.loop import fit
 from purenet.train.step import _scan_steps as _scan_steps  # tests/test_mesh.py reads it here
 from purenet.train.step import _step_function as _step_function  # tests/test_mesh.py reads it here
 from purenet.train.step import make_train_step
 
 __all__ = [
+    "EarlyStopping",
     "FitResult",
+    "KeepCheckpoints",
+    "Monitor",
     "NonFiniteLossError",
     "ResumeError",
     "StepOutput",

@@ -26,35 +26,43 @@ replicated; XLA inserts the all-reduce of the gradients (GSPMD).
 from __future__ import annotations
 
 import os
-import sys
 import time
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
-from purenet.core import ConfigError, Layer, ShapeError, check_key, describe_tree
+from purenet.core import ConfigError, Layer, check_key
 from purenet.data import check_arrays, check_labels
 from purenet.precision import Policy, check_policy
 from purenet.shapes import require_positive_int
-from purenet.train.base import (
-    DEVICE_DATA_BYTES,
-    DEVICE_DATA_FRACTION,
-    FitResult,
-    Loss,
-    Metric,
-    NonFiniteLossError,
-    StepOutput,
-    TrainState,
-)
+from purenet.train import callbacks as fit_callbacks
+from purenet.train.base import FitResult, Loss, Metric, NonFiniteLossError, StepOutput, TrainState
 from purenet.train.evaluation import _evaluate_batches, _evaluator, label_classes
-from purenet.train.resume import check_resume_policy, check_writable, configuration, save, start
+from purenet.train.inputs import (
+    _check_shapes_before_training,
+    _check_validation,
+    _close,
+    _device_data_budget,
+    _mesh_shardings,
+    _progress_bar,
+    _warn_if_apply_if_finite,
+)
+from purenet.train.resume import (
+    check_resume_policy,
+    check_writable,
+    configuration,
+    injected_hyperparams,
+    save,
+    start,
+)
 from purenet.train.step import _runner
+
+LEARNING_RATE = "learning_rate"  # the injected hyperparameter fit records per epoch
 
 
 def fit(
@@ -63,7 +71,8 @@ def fit(
     validation: tuple[Any, Any] | None = None, metrics: Mapping[str, Metric] | None = None,
     steps_per_dispatch: int | None = None, policy: Policy | None = None, on_nonfinite: str = "stop",
     mesh: Mesh | None = None, data_axis: str = "data", checkpoint_path: str | os.PathLike | None = None,
-    resume: str = "auto", progress: bool | None = None,
+    resume: str = "auto", progress: bool | None = None, callbacks: Sequence[Any] | None = None,
+    step_losses: bool = False,
 ) -> FitResult:  # fmt: skip
     """Train for ``epochs`` passes over (x, y) in minibatches reshuffled from ``key`` each epoch.
 
@@ -90,9 +99,20 @@ def fit(
         fails without one.  Another run's checkpoint is refused, naming what
         differs (``purenet.train.resume``).
       progress: a tqdm bar (loss, examples/s); default: on a terminal without ``CI``.
+      callbacks: called at each epoch's end, after the epoch is recorded and
+        before its checkpoint; one returning True stops training after that
+        epoch (``purenet.train.callbacks``): ``pn.EarlyStopping``,
+        ``pn.KeepCheckpoints``, or a function ``(epoch, history, state)``.
+      step_losses: also record every step's loss, ``history["step_loss"]``
+        holding one list per epoch (fetched with the epoch's other figures:
+        no extra host sync).
 
     Returns:
-      ``FitResult(params, opt_state, history)``.
+      ``FitResult(params, opt_state, history)``; where the optimizer is built
+      with ``optax.inject_hyperparams``, ``history["learning_rate"]`` holds
+      the learning rate of each epoch's last step (a schedule's value
+      there).  A callback's ``on_train_end`` may hand back other params
+      (``EarlyStopping(restore_best=True)``).
 
     Raises:
       NonFiniteLossError: with ``on_nonfinite="stop"``: names the step and
@@ -100,22 +120,28 @@ def fit(
       ResumeError: a checkpoint that cannot be resumed, as ``resume`` says.
     """
     epochs, resume, key = _check_call(epochs, resume, key, checkpoint_path)
+    callbacks, step_losses = fit_callbacks.check_callbacks(callbacks), _check_step_losses(step_losses)
     plan = _prepare(
         model, params, x, y, loss=loss, optimizer=optimizer, batch_size=batch_size, regularizer=regularizer,
         validation=validation, metrics=metrics, steps_per_dispatch=steps_per_dispatch, policy=policy,
-        on_nonfinite=on_nonfinite, mesh=mesh, data_axis=data_axis,
+        on_nonfinite=on_nonfinite, mesh=mesh, data_axis=data_axis, step_losses=step_losses,
     )  # fmt: skip
     state, key, history, start_epoch = _start(plan, params, optimizer, key, checkpoint_path, resume, epochs)
+    fit_callbacks.begin(callbacks, history, _history_keys(plan, state, metrics))
     bar = _progress_bar(progress, total=(epochs - start_epoch) * plan.steps_per_epoch * plan.batch_size)
     try:
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
-            state, key, outputs = _run_epoch(plan, state, key, bar)
-            _record_epoch(plan, epoch, state, outputs, history)
-            history["seconds"].append(time.perf_counter() - started)
+            state, key, outputs, hyperparams = _run_epoch(plan, state, key, bar)
+            _record_epoch(plan, epoch, state, outputs, hyperparams, history)
+            _append(history, "seconds", time.perf_counter() - started, epoch)
+            stop = fit_callbacks.epoch_end(callbacks, epoch + 1, history, state)
             _report_epoch(plan, epoch, state, key, history, bar, checkpoint_path)
+            if stop:
+                break
     finally:
         _close(bar)
+    state = fit_callbacks.end(callbacks, history, state)
     return FitResult(state.params, state.opt_state, history)
 
 
@@ -145,6 +171,7 @@ class _Plan(NamedTuple):
     run: Callable  # the compiled loop: run(state, x, y, indices, keys) -> (state, StepOutput)
     evaluate_on: Callable  # the compiled evaluator of the validation data
     config: dict  # what its checkpoints record about the run (purenet.train.resume.configuration)
+    step_losses: bool  # record every step's loss in history["step_loss"]
 
 
 def _prepare(
@@ -164,6 +191,7 @@ def _prepare(
     on_nonfinite: str,
     mesh: Mesh | None,
     data_axis: str,
+    step_losses: bool,
 ) -> _Plan:
     """Check fit's arguments and data, place the data, and fetch the compiled loop and evaluator."""
     batch_size = require_positive_int("fit", "batch_size", batch_size)
@@ -194,18 +222,9 @@ def _prepare(
     run = _runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device)
     evaluate_on = _evaluator(model, loss, tuple((metrics or {}).items()), policy)
     return _Plan(
-        x,
-        y,
-        validation,
-        batch_size,
-        steps_per_epoch,
-        steps_per_dispatch,
-        on_nonfinite,
-        replicated,
-        run,
-        evaluate_on,
-        {},
-    )
+        x, y, validation, batch_size, steps_per_epoch, steps_per_dispatch, on_nonfinite, replicated, run,
+        evaluate_on, {}, step_losses,
+    )  # fmt: skip
 
 
 def _start(
@@ -230,11 +249,12 @@ def _start(
 
 def _run_epoch(
     plan: _Plan, state: TrainState, key: jax.Array, bar
-) -> tuple[TrainState, jax.Array, StepOutput]:
-    """One epoch of reshuffled minibatches: the new state and key, and every step's loss and finite flag.
+) -> tuple[TrainState, jax.Array, StepOutput, dict[str, float]]:
+    """One epoch of reshuffled minibatches: the new state and key, every step's loss and finite flag,
+    and the optimizer's injected hyperparameters after its last step.
 
-    The steps' outputs come to the host once, at the end: the dispatches queue
-    up behind one another without a host sync.
+    The steps' outputs and the hyperparameters come to the host once, at the
+    end: the dispatches queue up behind one another without a host sync.
     """
     key, shuffle_key, steps_key = jax.random.split(key, 3)
     # the epoch's batches and keys come to the host once; slicing them per dispatch is then free
@@ -250,9 +270,10 @@ def _run_epoch(
         outputs.append(out)
         if bar is not None:
             bar.update(len(indices[chunk]) * plan.batch_size)
-    fetched = jax.device_get(outputs)
+    fetched, hyperparams = jax.device_get((outputs, _learning_rate(state.opt_state)))
     losses = np.concatenate([np.asarray(out.loss) for out in fetched])
-    return state, key, StepOutput(losses, np.concatenate([np.asarray(out.finite) for out in fetched]))
+    finite = np.concatenate([np.asarray(out.finite) for out in fetched])
+    return state, key, StepOutput(losses, finite), {n: float(v) for n, v in hyperparams.items()}
 
 
 def _report_epoch(plan: _Plan, epoch: int, state: TrainState, key, history, bar, checkpoint_path) -> None:
@@ -264,9 +285,10 @@ def _report_epoch(plan: _Plan, epoch: int, state: TrainState, key, history, bar,
 
 
 def _record_epoch(
-    plan: _Plan, epoch: int, state: TrainState, outputs: StepOutput, history: dict[str, list[float]]
-) -> None:
-    """Append an epoch's mean loss, skipped steps and validation figures to ``history``.
+    plan: _Plan, epoch: int, state: TrainState, outputs: StepOutput, hyperparams: dict[str, float],
+    history: dict[str, list],
+) -> None:  # fmt: skip
+    """Append an epoch's mean loss, skipped steps, hyperparameters and validation figures to ``history``.
 
     Raises:
       NonFiniteLossError: with ``on_nonfinite="stop"``, for the epoch's first
@@ -277,89 +299,50 @@ def _record_epoch(
         bad_step = epoch * plan.steps_per_epoch + int(np.argmin(finite))
         raise NonFiniteLossError(bad_step, state.params, state.opt_state, history)
     losses = outputs.loss[finite]
-    history["loss"].append(float(np.mean(losses)) if losses.size else float("nan"))
-    history["skipped"].append(int((~finite).sum()))
+    _append(history, "loss", float(np.mean(losses)) if losses.size else float("nan"), epoch)
+    _append(history, "skipped", int((~finite).sum()), epoch)
+    if plan.step_losses:
+        _append(history, "step_loss", [float(value) for value in outputs.loss], epoch, missing=[])
+    for name, value in hyperparams.items():
+        _append(history, name, value, epoch)
     if plan.validation is not None:
         figures = _evaluate_batches(
             plan.evaluate_on, state.params, *plan.validation, batch_size=max(plan.batch_size, 1024)
         )
         for name, value in figures.items():
-            history.setdefault(f"val_{name}", []).append(value)
+            _append(history, f"val_{name}", value, epoch)
 
 
-def _check_shapes_before_training(
-    model: Layer, params: Any, x: np.ndarray, y: np.ndarray, loss: Loss
-) -> None:
-    """Trace the model and the loss on one example (shapes only): a misfit fails now, not after an epoch."""
-    jax.eval_shape(lambda p, xb, yb: loss(model.apply(p, xb), yb), params, x[:1], y[:1])
+def _append(history: dict[str, list], name: str, value: Any, epoch: int, missing: Any = float("nan")) -> None:
+    """``history[name].append(value)`` for epoch ``epoch`` (0-based), padding epochs a resumed run lacks.
+
+    A run resumed with validation or step losses its first part did not
+    record still keeps one entry per epoch under every name.
+    """
+    values = history.setdefault(name, [])
+    values.extend([missing] * (epoch - len(values)))
+    values.append(value)
 
 
-def _check_validation(validation: Any, x: np.ndarray, y: np.ndarray, classes: int | None) -> tuple:
-    """The validation data, refused before training unless it is shaped like the training data."""
-    if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
-        raise ConfigError("fit", f"validation must be a pair (x_val, y_val), got {describe_tree(validation)}")
-    x_val, y_val = check_arrays("fit", *validation, num_classes=classes)
-    if len(x_val) == 0:
-        raise ShapeError(
-            "fit (validation)", "the validation set holds no examples; pass validation=None instead"
-        )
-    for name, got, want in (("x_val", x_val, x), ("y_val", y_val, y)):
-        if got.shape[1:] != want.shape[1:]:
-            raise ShapeError(
-                "fit (validation)",
-                f"expected {name} of shape (n, *{want.shape[1:]}) like the training data, got {got.shape}",
-            )
-    return x_val, y_val
+def _learning_rate(opt_state: Any) -> dict[str, Any]:
+    """``{"learning_rate": lr}`` where ``optax.inject_hyperparams`` keeps one in the state, else ``{}``."""
+    injected = injected_hyperparams(opt_state)
+    return {LEARNING_RATE: injected[LEARNING_RATE]} if LEARNING_RATE in injected else {}
 
 
-def _warn_if_apply_if_finite(opt_state: Any, on_nonfinite: str) -> None:
-    """Say that fit's guard, not ``optax.apply_if_finite``, decides on non-finite steps."""
-    is_state = lambda node: isinstance(node, optax.ApplyIfFiniteState)  # noqa: E731
-    if any(is_state(node) for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_state)):
-        warnings.warn(
-            f"fit: the optimizer is wrapped in optax.apply_if_finite, but fit's own guard "
-            f"(on_nonfinite={on_nonfinite!r}) decides first and never passes it a non-finite step; "
-            "on_nonfinite='skip' skips such steps as apply_if_finite would, counted in history['skipped']",
-            stacklevel=3,
-        )
+def _history_keys(plan: _Plan, state: TrainState, metrics: Mapping[str, Metric] | None) -> list[str]:
+    """The names every epoch of this run records, known before the first step (for callbacks to check)."""
+    keys = ["loss", "skipped", "seconds"] + ["step_loss"] * plan.step_losses
+    keys += list(_learning_rate(state.opt_state))
+    if plan.validation is not None:
+        keys += ["val_loss"] + [f"val_{name}" for name in metrics or {}]
+    return keys
 
 
-def _device_data_budget() -> int:
-    """Bytes of training data fit keeps on the device: a share of its memory where it reports it."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    limit = stats.get("bytes_limit")
-    return int(limit * DEVICE_DATA_FRACTION) if limit else DEVICE_DATA_BYTES
-
-
-def _mesh_shardings(mesh: Mesh, axis: str, batch_size: int) -> tuple[NamedSharding, NamedSharding]:
-    if not isinstance(mesh, Mesh):
-        raise ConfigError("fit", f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
-    if axis not in mesh.shape:
-        raise ConfigError(
-            "fit", f"data_axis {axis!r} is not an axis of the mesh, whose axes are {mesh.axis_names}"
-        )
-    if batch_size % mesh.shape[axis]:
-        raise ConfigError(
-            "fit",
-            f"batch_size must be a multiple of the {mesh.shape[axis]} devices on mesh axis {axis!r}, "
-            f"got {batch_size}",
-        )
-    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(axis))
-
-
-def _progress_bar(progress: bool | None, total: int):
-    if progress is None:
-        progress = sys.stderr.isatty() and not os.environ.get("CI")
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="training", unit="example", unit_scale=True)  # the rate: examples/s
-
-
-def _close(bar) -> None:
-    if bar is not None:
-        bar.close()
+def _check_step_losses(step_losses: Any) -> bool:
+    if not isinstance(step_losses, (bool, np.bool_)):
+        raise ConfigError("fit", f"step_losses must be True or False, got {step_losses!r}")
+    return bool(step_losses)
 
 
 __all__ = ["fit"]

@@ -61,18 +61,28 @@ def _leaves(tree: Any) -> list[list]:
     ]
 
 
-def _hyperparams(opt_state: Any) -> dict[str, float]:
-    """The scalar hyperparameters ``optax.inject_hyperparams`` keeps in the state, at the start of a run."""
-    found: dict[str, float] = {}
+def injected_hyperparams(opt_state: Any) -> dict[str, Any]:
+    """The scalar hyperparameters ``optax.inject_hyperparams`` keeps in ``opt_state``, by name (on device).
+
+    A schedule given to ``inject_hyperparams`` leaves its current value there,
+    so this is the learning rate the last update used.
+    """
+    found: dict[str, Any] = {}
     # optax's inject_hyperparams states (InjectHyperparamsState, InjectStatefulHyperparamsState) all
     # keep a dict ``hyperparams``; match that field rather than one class name.
     is_injected = lambda node: isinstance(getattr(node, "hyperparams", None), dict)  # noqa: E731
     for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_injected):
         if is_injected(node):
             for name, value in node.hyperparams.items():
-                if np.ndim(value) == 0:
-                    found[name] = float(value)
+                dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
+                if np.ndim(value) == 0 and np.issubdtype(dtype, np.number):
+                    found[name] = value
     return found
+
+
+def _hyperparams(opt_state: Any) -> dict[str, float]:
+    """The injected hyperparameters at the start of a run, as JSON numbers."""
+    return {name: float(value) for name, value in injected_hyperparams(opt_state).items()}
 
 
 def configuration(state: TrainState, batch_size: int) -> dict:
