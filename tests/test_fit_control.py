@@ -263,3 +263,9 @@ def test_a_resume_that_adds_step_losses_pads_the_earlier_epochs(tmp_path):
 def test_step_losses_must_be_a_bool(bad):
     with pytest.raises(pn.ConfigError, match="step_losses must be True or False"):
         run(step_losses=bad)
+
+
+def test_a_checkpoint_path_in_a_missing_directory_is_created(tmp_path):
+    path = tmp_path / "runs" / "deep" / "digits"
+    run(epochs=1, checkpoint_path=path)
+    assert checkpoint.read_metadata(path)["epoch"] == 1

@@ -38,10 +38,14 @@ def check_resume_policy(resume: Any) -> str:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Refuse, before the first step, a checkpoint path fit could not write after an epoch of training."""
+    """Refuse, before the first step, a checkpoint path fit could not write after an epoch of training.
+
+    A missing directory is created (``runs/digits`` works in a fresh checkout).
+    """
     directory = pathlib.Path(path).expanduser().absolute().parent
     probe = directory / f".purenet-write-test-{uuid.uuid4().hex}"
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
