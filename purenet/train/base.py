@@ -41,8 +41,11 @@ class FitResult(NamedTuple):
 
     ``history`` maps ``"loss"`` (the mean training loss of each epoch),
     ``"val_loss"`` and ``"val_<metric>"`` (on the held-out data, when given),
-    ``"skipped"`` (non-finite steps skipped per epoch) and ``"seconds"``
-    (wall time per epoch) to one value per epoch.
+    ``"skipped"`` (non-finite steps skipped per epoch), ``"seconds"`` (wall
+    time per epoch), ``"learning_rate"`` (where ``optax.inject_hyperparams``
+    keeps one: its value at the epoch's last step) and, with
+    ``fit(step_losses=True)``, ``"step_loss"`` (a list of every step's loss)
+    to one entry per epoch.
     """
 
     params: Any

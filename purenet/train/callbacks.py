@@ -104,7 +104,8 @@ class EarlyStopping:
     Args:
       monitor: the history key to watch, e.g. ``"val_loss"``, ``"val_accuracy"``.
       patience: epochs without improvement to tolerate before stopping (>= 1).
-      mode, min_delta: as for ``Monitor``.
+      mode: as for ``Monitor``: ``"min"``, ``"max"`` or ``"auto"``.
+      min_delta: as for ``Monitor``: a smaller improvement does not count.
       restore_best: at the end, return the params and optimizer state of
         the best epoch instead of the last (a device copy is kept of them).
 

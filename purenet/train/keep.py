@@ -42,7 +42,9 @@ class KeepCheckpoints:
         none.
       best: a history key (e.g. ``"val_loss"``) whose best epoch is kept in
         ``best.npz``, or None.
-      mode, min_delta: as for ``purenet.train.callbacks.Monitor``.
+      mode: as for ``purenet.train.callbacks.Monitor``: ``"min"``, ``"max"``
+        or ``"auto"``.
+      min_delta: as for ``purenet.train.callbacks.Monitor``.
 
     After each epoch: ``paths`` lists the kept epoch files, oldest first;
     ``best_path`` is ``best.npz`` once written, ``best_epoch`` its epoch.

@@ -76,43 +76,35 @@ def fit(
 ) -> FitResult:  # fmt: skip
     """Train for ``epochs`` passes over (x, y) in minibatches reshuffled from ``key`` each epoch.
 
-    A trailing partial minibatch is dropped each epoch, so every step has one shape.
     Args:
-      model, params: the network and its initial params.
-      x, y: the training inputs and targets, first axis the examples.
-      loss, optimizer, regularizer, policy, on_nonfinite: as for ``make_train_step``.
+      model: the network.
+      params: its initial params (copied: fit never consumes them).
+      x: the training inputs, first axis the examples.
+      y: the training targets, first axis the examples.
+      loss: ``loss(outputs, targets) -> scalar`` (as for ``make_train_step``, as are the next four).
+      optimizer: an optax gradient transformation.
+      regularizer: optional ``params -> lambda * Omega(params)`` added to the cost.
+      policy: a mixed-precision ``Policy``.
+      on_nonfinite: ``"stop"`` (raise, keeping the last good state) or ``"skip"``.
       epochs: the passes over the data to reach, >= 1 (resumed ones count).
-      batch_size: examples per step, >= 1 (capped at the dataset size).
+      batch_size: examples per step, >= 1, capped at the dataset size (a partial last one is dropped).
       key: PRNG key for the shuffles and for stochastic layers (dropout).
       validation: ``(x_val, y_val)`` evaluated after every epoch.
-      metrics: ``{name: fn(outputs, targets) -> scalar}`` evaluated on the
-        validation data beside the loss, e.g. ``{"accuracy": pn.accuracy}``.
-      steps_per_dispatch: steps fused into one ``lax.scan`` (default: an epoch,
-        up to 256); data over a quarter of device memory is fed from the host.
-      mesh, data_axis: train data-parallel over ``mesh``'s axis ``data_axis``;
-        ``batch_size`` must be a multiple of that axis' size.
-      checkpoint_path: save the state, history and run's configuration there
-        after every epoch, atomically (docs/checkpoints.md); its directory is
-        checked writable before the first step.
-      resume: ``"auto"`` resumes a checkpoint there, saying from which epoch;
-        ``"never"`` starts over and overwrites it, saying so; ``"require"``
-        fails without one.  Another run's checkpoint is refused, naming what
-        differs (``purenet.train.resume``).
+      metrics: ``{name: fn(outputs, targets) -> scalar}`` on the validation data, e.g. ``pn.accuracy``.
+      steps_per_dispatch: steps fused into one ``lax.scan`` (default: an epoch, up to 256).
+      mesh: train data-parallel, the minibatch sharded over this mesh's axis ``data_axis``.
+      data_axis: that axis; ``batch_size`` must be a multiple of its size.
+      checkpoint_path: save state, history and configuration there after every epoch, atomically.
+      resume: ``"auto"`` resumes a checkpoint there, saying so; ``"never"`` starts over, saying
+        so; ``"require"`` fails without one; another run's is refused (``purenet.train.resume``).
       progress: a tqdm bar (loss, examples/s); default: on a terminal without ``CI``.
-      callbacks: called at each epoch's end, after the epoch is recorded and
-        before its checkpoint; one returning True stops training after that
-        epoch (``purenet.train.callbacks``): ``pn.EarlyStopping``,
-        ``pn.KeepCheckpoints``, or a function ``(epoch, history, state)``.
-      step_losses: also record every step's loss, ``history["step_loss"]``
-        holding one list per epoch (fetched with the epoch's other figures:
-        no extra host sync).
+      callbacks: called at each epoch's end; one returning True stops training
+        (``purenet.train.callbacks``: ``pn.EarlyStopping``, ``pn.KeepCheckpoints``).
+      step_losses: also keep every step's loss, ``history["step_loss"]`` one list per epoch.
 
     Returns:
-      ``FitResult(params, opt_state, history)``; where the optimizer is built
-      with ``optax.inject_hyperparams``, ``history["learning_rate"]`` holds
-      the learning rate of each epoch's last step (a schedule's value
-      there).  A callback's ``on_train_end`` may hand back other params
-      (``EarlyStopping(restore_best=True)``).
+      ``FitResult(params, opt_state, history)``: history as ``FitResult`` says, with
+      ``"learning_rate"`` (each epoch's last step) where ``optax.inject_hyperparams`` keeps one.
 
     Raises:
       NonFiniteLossError: with ``on_nonfinite="stop"``: names the step and
@@ -128,9 +120,20 @@ def fit(
     )  # fmt: skip
     state, key, history, start_epoch = _start(plan, params, optimizer, key, checkpoint_path, resume, epochs)
     fit_callbacks.begin(callbacks, history, _history_keys(plan, state, metrics))
-    bar = _progress_bar(progress, total=(epochs - start_epoch) * plan.steps_per_epoch * plan.batch_size)
+    epochs_left = range(start_epoch, epochs)
+    state = _train(plan, state, key, history, epochs_left, callbacks, checkpoint_path, progress)
+    state = fit_callbacks.end(callbacks, history, state)
+    return FitResult(state.params, state.opt_state, history)
+
+
+def _train(
+    plan, state: TrainState, key: jax.Array, history: dict, epochs: range, callbacks: tuple, checkpoint_path,
+    progress,
+) -> TrainState:  # fmt: skip
+    """The epochs themselves: run, record, call back, checkpoint; stop early where a callback asks."""
+    bar = _progress_bar(progress, total=len(epochs) * plan.steps_per_epoch * plan.batch_size)
     try:
-        for epoch in range(start_epoch, epochs):
+        for epoch in epochs:
             started = time.perf_counter()
             state, key, outputs, hyperparams = _run_epoch(plan, state, key, bar)
             _record_epoch(plan, epoch, state, outputs, hyperparams, history)
@@ -141,8 +144,7 @@ def fit(
                 break
     finally:
         _close(bar)
-    state = fit_callbacks.end(callbacks, history, state)
-    return FitResult(state.params, state.opt_state, history)
+    return state
 
 
 # --------------------------------------------------------------------------
