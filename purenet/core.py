@@ -15,13 +15,13 @@ slot for the second-order R-operator pass.
 
 ``check_like`` is the one place trees are compared (params, what a backward
 returns, curvature vectors, checkpoints); it names the first mismatching leaf.
-The argument, shape and input checks layers share are in ``purenet.shapes``.
+Layer checks: arguments and shapes in ``purenet.shapes``, apply's signature
+and ``train`` under ``jax.jit`` in ``purenet.layer_contract``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +40,7 @@ from purenet.errors import (  # noqa: F401 - re-exported: purenet.core is where 
     is_container,
     located,
 )
+from purenet.layer_contract import check_key, checked_init, contract_apply  # noqa: F401 - check_key re-exported
 
 Shape = tuple  # a tuple of ints, with -1 or None for the batch axis
 Params = Any  # a pytree of arrays
@@ -196,7 +197,8 @@ class Layer:
 
     Attributes:
       init: ``init(key, input_shape) -> (output_shape, params)``.
-      apply: ``apply(params, x, *, key=None, train=False) -> y``.
+      apply: ``apply(params, x, *, key=None, train=False) -> y``, refused when
+        built if it cannot take ``key=`` and ``train=``.
       name: how errors and summaries name the layer, e.g. ``"Dense(64)"``.
       children: the sub-layers of a combinator, in order; empty for a leaf.
       reference: the hand-derived ``Reference`` (forward returning its
@@ -227,7 +229,8 @@ class Layer:
                 raise ConfigError(self.name, f"{field} must be a purenet.{kind.__name__}, got {got}")
 
         # Shared behaviour of every layer, stated once (as Neural Tangents' stax decorator does):
-        object.__setattr__(self, "init", _checked_init(self.name, self.init))
+        object.__setattr__(self, "init", checked_init(self.name, self.init))
+        object.__setattr__(self, "apply", contract_apply(self.name, self.apply))
 
     def replace(self, **changes: Any) -> Layer:
         """A copy with the given fields changed."""
@@ -235,51 +238,6 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"Layer({self.name})"
-
-
-def _checked_init(owner: str, init: InitFn) -> InitFn:
-    """``init`` refusing a malformed key, and checking that it returns ``(shape, floating params)``.
-
-    An initializer returning integers would otherwise give integer params
-    that run (with another output) until ``jax.grad`` fails deep inside JAX.
-    """
-    if getattr(init, "_purenet_checked", False):
-        return init
-
-    @functools.wraps(init)
-    def checked(key, input_shape):
-        check_key(owner, key)
-        result = init(key, input_shape)
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise ConfigError(owner, f"init must return (output_shape, params), got {describe_tree(result)}")
-        for path, leaf in jax.tree_util.tree_flatten_with_path(result[1])[0]:
-            dtype = _shape_and_dtype(leaf)[1]
-            if dtype_kind(dtype) != "floating":
-                raise ParamsError(
-                    owner,
-                    f"init built a leaf of dtype {dtype}; params must be floating point "
-                    "(does an initializer return integers?)",
-                    leaf=jax.tree_util.keystr(path),
-                )
-        return result
-
-    checked._purenet_checked = True  # type: ignore[attr-defined]
-    return checked
-
-
-def check_key(owner: str, key: Any, argument: str = "key") -> jax.Array:
-    """A JAX PRNG key (``jax.random.PRNGKey(n)``'s uint32 pair or a typed ``jax.random.key(n)``), returned."""
-    if isinstance(key, (jax.Array, np.ndarray)):
-        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-            return key
-        if key.dtype == np.uint32 and key.shape == (2,):
-            return key
-        got = f"an array of shape {tuple(key.shape)} ({key.dtype})"
-    else:
-        got = f"{key!r} ({type(key).__name__})"
-    raise InputTypeError(
-        owner, f"{argument} must be a PRNG key such as jax.random.PRNGKey(0) or jax.random.key(0), got {got}"
-    )
 
 
 def _require_callable(owner: str, field: str, value: Any) -> None:
