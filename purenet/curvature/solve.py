@@ -1,6 +1,7 @@
 """Conjugate gradients on a curvature operator, and the Hessian-free optimization step built on it.
 
-``cg_solve`` solves (A + lambda I) x = g with ``jax.scipy.sparse.linalg.cg``;
+``cg_solve`` solves (A + lambda I) x = g by conjugate gradients (Hestenes and
+Stiefel 1952; Nocedal and Wright, "Numerical Optimization", Algorithm 5.2);
 with A the Hessian or the Gauss-Newton matrix and g the gradient, -x is the
 damped Newton step of Hessian-free optimization (Martens 2010, "Deep
 learning via Hessian-free optimization"), which ``make_hessian_free_step``
@@ -39,26 +40,63 @@ class CGResult(NamedTuple):
       residual_norm: ||b - (A + damping I) x||, recomputed with one more product.
       relative_residual: residual_norm / ||b||.
       converged: whether relative_residual <= tol.
+      iterations: the CG iterations run (one product each), from 0 (``x0``
+        already solves the system) to ``maxiter`` (the cap was reached).
     """
 
     x: Params
     residual_norm: jax.Array
     relative_residual: jax.Array
     converged: jax.Array
+    iterations: jax.Array
+
+
+def _cg_loop(matvec, b, x0, tol, maxiter) -> tuple[Params, jax.Array]:
+    """Unpreconditioned CG (Nocedal and Wright, Algorithm 5.2) from ``x0``; returns (x, iterations).
+
+    It is ``jax.scipy.sparse.linalg.cg``'s loop (the same recurrences, the
+    same stop: ||r_k|| <= tol ||b|| on the recurrence's residual, or k =
+    maxiter), written out because jax's cg does not report k.
+    """
+    threshold = tol**2 * tree_vdot(b, b)
+
+    def keep_going(state):
+        _, _, gamma, _, k = state
+        return (gamma > threshold) & (k < maxiter)
+
+    def iteration(state):
+        x, r, gamma, p, k = state
+        product = matvec(p)
+        alpha = gamma / tree_vdot(p, product)  # gamma = r_k . r_k
+        x = tree_axpy(alpha, p, x)
+        r = tree_axpy(-alpha, product, r)
+        gamma_next = tree_vdot(r, r)
+        return x, r, gamma_next, tree_axpy(gamma_next / gamma, p, r), k + 1
+
+    r0 = jax.tree_util.tree_map(jnp.subtract, b, matvec(x0))
+    state = (x0, r0, tree_vdot(r0, r0), r0, jnp.asarray(0, jnp.int32))
+    x, _, _, _, iterations = jax.lax.while_loop(keep_going, iteration, state)
+    return x, iterations
 
 
 def _cg(op, b, x0, damping, tol, maxiter) -> tuple[CGResult, Params]:
     """The CG result and A x (undamped), the product the true residual needed anyway."""
-    x, _ = jax.scipy.sparse.linalg.cg(
-        lambda v: tree_axpy(damping, v, op._unchecked_matvec(v)), b, x0=x0, tol=tol, maxiter=maxiter
+    x0 = jax.tree_util.tree_map(jnp.zeros_like, b) if x0 is None else x0
+    if maxiter is None:  # jax's cg's default cap: 10 P
+        maxiter = 10 * sum(leaf.size for leaf in jax.tree_util.tree_leaves(b))
+    damped = lambda v: tree_axpy(damping, v, op._unchecked_matvec(v))  # noqa: E731
+    # As jax's cg: a custom linear solve, so derivatives of x come from the solution, not the loop.
+    x, iterations = jax.lax.custom_linear_solve(
+        damped, b, lambda a, rhs: _cg_loop(a, rhs, x0, tol, maxiter), symmetric=True, has_aux=True
     )
     product = op._unchecked_matvec(x)
     residual = jax.tree_util.tree_map(jnp.subtract, b, tree_axpy(damping, x, product))
     residual_norm = jnp.sqrt(tree_vdot(residual, residual))
     b_norm = jnp.sqrt(tree_vdot(b, b))
     relative = residual_norm / jnp.maximum(b_norm, jnp.finfo(residual_norm.dtype).tiny)
-    # jax's cg stops at tol relative to ||b|| on its own recurrence; allow rounding in the recomputed one.
-    return CGResult(x, residual_norm, relative, relative <= tol * 1.01), product
+    # CG stops at tol relative to ||b|| on its own recurrence; allow rounding in the recomputed one.
+    converged = relative <= tol * 1.01
+    return CGResult(x, residual_norm, relative, converged, iterations), product
 
 
 def _cg_result(op, b, x0, damping, tol, maxiter) -> CGResult:
@@ -74,7 +112,11 @@ def cg_solve(
     maxiter: int | None = None,
     x0: Params | None = None,
 ) -> CGResult:
-    """Solve (A + damping I) x = b by conjugate gradients (``jax.scipy.sparse.linalg.cg``).
+    """Solve (A + damping I) x = b by conjugate gradients (Hestenes and Stiefel 1952).
+
+    The loop is Nocedal and Wright's Algorithm 5.2 with the stopping rule of
+    ``jax.scipy.sparse.linalg.cg``, which it replaces so that the result can
+    report how many iterations (products with A) it took.
 
     With A the Hessian or GGN and b the gradient, -x is the damped Newton
     step of Hessian-free optimization (Martens 2010, section 4).  CG needs
@@ -140,6 +182,7 @@ class HessianFreeInfo(NamedTuple):
       reduction_ratio: rho = (new_loss - loss) / (predicted change by the quadratic model).
       accepted: whether the step lowered the cost (otherwise the params stay).
       cg_relative_residual: how well CG solved its system.
+      cg_iterations: the CG iterations (curvature products) the solve took.
     """
 
     loss: jax.Array
@@ -147,6 +190,7 @@ class HessianFreeInfo(NamedTuple):
     reduction_ratio: jax.Array
     accepted: jax.Array
     cg_relative_residual: jax.Array
+    cg_iterations: jax.Array
 
 
 def make_hessian_free_step(
@@ -165,9 +209,11 @@ def make_hessian_free_step(
     ratio rho > 3/4, times 3/2 when rho < 1/4.
 
     Args:
-      model, loss: the network and its mean loss ``loss(outputs, targets)``.
+      model: the network.
+      loss: its mean loss ``loss(outputs, targets)``.
       curvature: ``"ggn"`` (positive semi-definite, Martens' choice) or ``"hessian"``.
-      cg_tol, cg_maxiter: CG's relative tolerance and iteration cap per step.
+      cg_tol: CG's relative tolerance per step.
+      cg_maxiter: CG's iteration cap per step.
 
     Returns:
       ``(init, step)``: ``init(params, damping=1.0) -> HessianFreeState`` and
@@ -215,7 +261,7 @@ def _hessian_free_pair(model, loss, curvature, cg_tol, cg_maxiter) -> tuple[Call
         keep = lambda new, old: jnp.where(accepted, new, old)  # noqa: E731
         params = jax.tree_util.tree_map(keep, proposal, state.params)
         direction = jax.tree_util.tree_map(keep, solved.x, state.direction)
-        info = HessianFreeInfo(value, new_value, rho, accepted, solved.relative_residual)
+        info = HessianFreeInfo(value, new_value, rho, accepted, solved.relative_residual, solved.iterations)
         return HessianFreeState(params, damping, direction), info
 
     return _init_hessian_free, step
