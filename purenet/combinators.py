@@ -31,7 +31,16 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from purenet.core import ConfigError, Layer, ParamsError, Reference, ShapeError, describe_tree, located
+from purenet.core import (
+    ConfigError,
+    Initializer,
+    Layer,
+    ParamsError,
+    Reference,
+    ShapeError,
+    describe_tree,
+    located,
+)
 from purenet.layers.dense import matmul_bprop, matmul_r_bprop
 from purenet.layers.joins import (
     CONCAT_REFERENCE,
@@ -202,7 +211,7 @@ def parallel(*layers: Layer) -> Layer:
     return Layer(init, apply, name=name, children=layers, reference=graph_reference(graph))
 
 
-def residual(block: Layer, proj_init=jax.nn.initializers.lecun_normal()) -> Layer:
+def residual(block: Layer, proj_init: Initializer = jax.nn.initializers.lecun_normal()) -> Layer:
     """The skip connection: ``y = x + block(x)`` (He et al. 2016; the book's section 6.4).
 
     When the block changes the width from d to n, the skip path carries a

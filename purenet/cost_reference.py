@@ -97,7 +97,8 @@ def reference_gradient(
       model: a layer whose every part carries a ``Reference``.
       params: checked against what ``model.init`` builds for ``x`` (tree,
         shapes, dtype kinds), as ``apply`` would; converted to float64.
-      x, targets: one batch; converted to float64.
+      x: one batch of inputs; converted to float64.
+      targets: that batch's targets; converted to float64.
       loss: a purenet ``Loss`` (it carries its reference), or a loss's
         ``Reference`` itself (``LossReference(value_and_grad)``).
       regularizer: ``None``, or a penalty carrying a ``Reference``
@@ -201,7 +202,7 @@ def reference_hvp(
     loss: Callable | Reference,
     v: Params,
     *,
-    regularizer=None,
+    regularizer: Any = None,
 ) -> Params:
     """The Hessian-vector product H v of J = L(model(x), y) + lambda Omega by the hand-derived R-operator.
 
@@ -210,10 +211,16 @@ def reference_hvp(
     the backward; no JAX autodiff is involved.
 
     Args:
-      model, params, x, targets, loss, regularizer: as for
-        ``reference_gradient``; every part needs a ``Reference`` with a
-        ``rop`` (the built-in layers, losses and penalties all have one).
+      model: as for ``reference_gradient``; every part needs a
+        ``Reference`` with a ``rop`` (the built-in layers all have one).
+      params: as for ``reference_gradient``.
+      x: as for ``reference_gradient``.
+      targets: as for ``reference_gradient``.
+      loss: as for ``reference_gradient``, with a ``rop`` (the built-in
+        losses all have one).
       v: the direction, a tree like ``params``.
+      regularizer: as for ``reference_gradient``, with a ``rop`` (the
+        built-in penalties all have one).
 
     Returns:
       H v in the params' structure, NumPy float64.
@@ -229,7 +236,7 @@ def reference_ggn_vp(
     loss: Callable | Reference,
     v: Params,
     *,
-    regularizer=None,
+    regularizer: Any = None,
 ) -> Params:
     """The generalized Gauss-Newton product G v = J^T H_L J v (Schraudolph 2002) by the reference alone.
 

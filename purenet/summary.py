@@ -44,7 +44,15 @@ _RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar(
 
 
 def count_params(params: Params) -> int:
-    """The number of scalar parameters in a params pytree (of arrays; anything else is refused)."""
+    """The number of scalar parameters in a params pytree (of arrays; anything else is refused).
+
+    Examples:
+      >>> import jax
+      >>> import purenet as pn
+      >>> _, params = pn.serial(pn.Dense(8), pn.ReLU(), pn.Dense(2)).init(jax.random.PRNGKey(0), (-1, 4))
+      >>> pn.count_params(params)  # (4 * 8 + 8) + (8 * 2 + 2)
+      58
+    """
     total = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if not hasattr(leaf, "shape") and not isinstance(leaf, (int, float, np.number)):
@@ -123,6 +131,18 @@ def summary(layer: Layer, input_shape: Shape, key: jax.Array | None = None) -> s
     Returns:
       The table as a string, one row per layer (children indented under their
       combinator, whose count includes theirs) and the total at the bottom.
+
+    Examples:
+      >>> import purenet as pn
+      >>> print(pn.summary(pn.serial(pn.Dense(8), pn.ReLU(), pn.Dense(2)), (-1, 4)))
+      layer       params path  output shape  params
+      ---------------------------------------------
+      serial      params       (-1, 2)           58
+        Dense(8)  [0]          (-1, 8)           40
+        ReLU      [1]          (-1, 8)            0
+        Dense(2)  [2]          (-1, 2)           18
+      ---------------------------------------------
+      total parameters: 58
     """
     rows = summary_rows(layer, input_shape, key)
     names = ["  " * r.depth + r.name for r in rows]

@@ -5,9 +5,10 @@ import re
 
 import pytest
 
-DOCS = sorted((pathlib.Path(__file__).parent.parent / "docs").glob("*.md"))
+ROOT = pathlib.Path(__file__).parent.parent / "docs"
+DOCS = sorted(ROOT.rglob("*.md"))  # every page of the site, docs/api/ included
 BLOCKS = [
-    (doc.name, i, code)
+    (doc.relative_to(ROOT).as_posix(), i, code)
     for doc in DOCS
     for i, code in enumerate(re.findall(r"```python\n(.*?)```", doc.read_text(), re.S))
 ]

@@ -64,16 +64,26 @@ def check_gradients(
     and finite differences, in float64; the model runs with ``train=False``.
 
     Args:
-      model, params: the network and its params (checked at float64 copies).
-      x, targets: one batch of inputs and targets.
+      model: the network, a ``Layer``.
+      params: its params (checked at float64 copies).
+      x: one batch of inputs.
+      targets: that batch's targets.
       loss: a purenet ``Loss`` (it carries its reference), or your own.
       regularizer: ``None``, or a penalty such as ``L2Penalty(1e-4)``.
       reference_loss: a loss's reference, ``LossReference(value_and_grad)``.
       reference: compare with the hand-derived reference; ``False``: JAX and
         finite differences only (a layer of your own without a reference).
-      reference_rtol, rtol, atol, eps, max_coordinates, directions, seed:
-        the tolerances and the probing, as ``purenet.check.engine.Tolerances``
-        describes them (``rtol`` is its ``fd_rtol``).
+      reference_rtol: tolerance of the reference against JAX, relative to
+        the leaf's scale (``purenet.check.engine.Tolerances`` details each).
+      rtol: tolerance of finite differences against either, relative
+        (``Tolerances.fd_rtol``).
+      atol: absolute floor of the finite-difference comparisons, times
+        max(1, |J|), for leaves whose gradient is ~0.
+      eps: the finite-difference step h.
+      max_coordinates: leaves with at most this many entries are probed
+        coordinate by coordinate; larger ones along random unit directions.
+      directions: the number of random directions for a large leaf.
+      seed: seeds the random directions.
       raise_on_failure: raise ``GradientCheckError`` (carrying the report)
         when a tolerance is exceeded; ``False`` only returns the report.
 
@@ -232,8 +242,9 @@ def check_layer(
         ``check_like``: a wrong tree is refused naming the leaf.
       np_apply: with ``bprop``, its NumPy forward, compared with ``apply``
         when given (the layer's reference forward is used otherwise).
-      params, x: the point to check at (default: ``layer.init`` with
-        ``PRNGKey(seed)``, documented and deterministic, and standard normal x).
+      params: the params to check at (default: ``layer.init`` with
+        ``PRNGKey(seed)``, documented and deterministic).
+      x: the input to check at (default: standard normal, from ``seed``).
       second_order: check the layer's R-passes instead (its ``Reference.rop``,
         Pearlmutter's R-operator): R{y} against ``jax.jvp`` of ``apply`` and
         R{g_params}, R{g_x} against ``jax.jvp`` of ``jax.vjp``, both and
@@ -241,8 +252,14 @@ def check_layer(
       rop: with ``second_order``, an R-pass to check in place of the
         layer's, ``rop(params, x, v, r_x) -> (y, r_y, pullback)`` with
         ``pullback(g, r_g) -> ((g_params, g_x), (r_g_params, r_g_x))``.
+      reference_rtol: as for ``check_gradients``.
+      rtol: as for ``check_gradients``.
+      atol: as for ``check_gradients``.
       eps: the finite-difference step; ``None`` is 1e-5 (1e-4 for second order).
-      The rest: as for ``check_gradients``.
+      max_coordinates: as for ``check_gradients``.
+      directions: as for ``check_gradients``.
+      seed: as for ``check_gradients``; it also seeds the default params and x.
+      raise_on_failure: as for ``check_gradients``.
 
     Returns:
       A ``GradientReport``; raises ``GradientCheckError`` on a wrong backward.

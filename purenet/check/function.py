@@ -79,12 +79,33 @@ def check_function(
         gradients; ``v`` is shaped like the argument, or a tuple like
         ``args`` for several): checks the second order (module docstring).
       second_order: check JAX's second derivative of f without an ``hvp``.
-      reference_rtol, rtol, atol, eps, max_coordinates, directions, seed,
-        raise_on_failure: as for ``check_gradients``.
+      reference_rtol: as for ``check_gradients``.
+      rtol: as for ``check_gradients``.
+      atol: as for ``check_gradients``.
+      eps: as for ``check_gradients``.
+      max_coordinates: as for ``check_gradients``.
+      directions: as for ``check_gradients``.
+      seed: as for ``check_gradients``.
+      raise_on_failure: as for ``check_gradients``.
 
     Returns:
       A ``GradientReport`` with one row per argument leaf, named after f's
       parameters (``A``, ``x['w']``); raises ``GradientCheckError`` on failure.
+
+    Examples:
+      d/dw (w sin w) = sin w + w cos w, by hand; dropping the product rule's
+      first term is caught:
+
+      >>> import jax.numpy as jnp, numpy as np
+      >>> import purenet as pn
+      >>> def f(w):
+      ...     return jnp.sum(w * jnp.sin(w))
+      >>> w = np.array([0.5, -1.0, 2.0])
+      >>> pn.check_function(f, w, grad=lambda w: np.sin(w) + w * np.cos(w)).passed
+      True
+      >>> report = pn.check_function(f, w, grad=lambda w: w * np.cos(w), raise_on_failure=False)
+      >>> report.passed, report.verdict
+      (False, 'derivation')
     """
     if not isinstance(second_order, bool):
         raise ConfigError("check_function", f"second_order must be True or False, got {second_order!r}")

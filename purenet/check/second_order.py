@@ -89,18 +89,25 @@ def check_hvp(
     """Check H v (or G v) of J = loss(model(x), targets) (+ regularizer) three ways (module docstring).
 
     Args:
-      model, params, x, targets, loss, regularizer: as for
-        ``check_gradients``; every part needs its R-pass (``Reference.rop``),
-        as the built-in layers, losses and penalties have.
+      model: as for ``check_gradients``; every part needs its R-pass
+        (``Reference.rop``), as the built-in layers have.
+      params: as for ``check_gradients``.
+      x: as for ``check_gradients``.
+      targets: as for ``check_gradients``.
+      loss: as for ``check_gradients``; it needs an R-pass too, as the
+        built-in losses have.
       v: the direction, a tree like ``params``; ``None`` draws a standard
         normal one from ``seed``.
+      regularizer: as for ``check_gradients``; it needs an R-pass too, as
+        the built-in penalties have.
       reference_loss: for a loss of your own, its ``LossReference`` (with
         ``hessian_vp``); ``loss`` is then the JAX function.
       kind: ``"hessian"`` (H v) or ``"ggn"`` (G v = J^T H_L J v, plus the
         penalty's own Hessian times v).
       reference_rtol: the reference against JAX, relative to the leaf's scale.
-      rtol, atol: finite differences against either, relative, and the
-        absolute floor relative to the largest product entry.
+      rtol: finite differences against either, relative.
+      atol: the absolute floor of that comparison, relative to the largest
+        product entry.
       eps: the stencil's step h along the unit direction.
       seed: seeds the default ``v``.
       raise_on_failure: raise ``GradientCheckError`` on a failure.

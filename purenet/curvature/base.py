@@ -42,6 +42,15 @@ def flatten_params(params: Params) -> tuple[jax.Array, Callable[[jax.Array], Par
       ``(vector, unflatten)``, where ``unflatten(vector)`` rebuilds the tree
       (each leaf back in its own dtype).  This is the order of the rows and
       columns of ``hessian`` and of every flattened vector in this package.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import purenet as pn
+      >>> flat, unflatten = pn.flatten_params({"w": jnp.ones((2, 2)), "b": jnp.zeros(2)})
+      >>> print(flat)  # leaf order: "b" before "w"
+      [0. 0. 1. 1. 1. 1.]
+      >>> unflatten(flat)["w"].shape
+      (2, 2)
     """
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if not hasattr(leaf, "dtype") and not isinstance(leaf, (int, float)):

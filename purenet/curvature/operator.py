@@ -230,7 +230,9 @@ def ggn_operator(
         with ``data``: the network's outputs.
       loss_fn: ``loss_fn(outputs)``, or ``loss_fn(outputs, batch)`` with
         ``data``: the mean loss of those outputs (convex for a PSD operator).
-      params, data, batch_size: as for ``hessian_operator``.
+      params: as for ``hessian_operator``.
+      data: as for ``hessian_operator``.
+      batch_size: as for ``hessian_operator``.
     """
     require_finite("ggn_operator", "params", params)
     batch_size = check_data("ggn_operator", data, batch_size)
@@ -258,10 +260,13 @@ def model_operator(
 
     A regularizer is not a loss of the outputs, so it has no Gauss-Newton
     form and ``kind="ggn"`` refuses one.  purenet's ``L2Penalty(lambda)`` is
-    lambda/2 ||w||^2 over the weights, biases skipped, so its Hessian is the
-    constant diagonal with lambda on every weight and 0 on every bias: with
-    the GGN, ``cg_solve(op, g, damping=lambda)`` adds lambda on the biases too,
-    which is the usual Levenberg-Marquardt term rather than the penalty exactly.
+    lambda/2 ||w||^2 summed over the penalized leaves (every params leaf whose
+    innermost dict key is not in its ``skip``: all but the biases ``"b"`` by
+    default), so its Hessian is the constant diagonal with lambda on every
+    entry of a penalized leaf and 0 on every entry of a skipped one (not
+    lambda I, nor 2 lambda I): with the GGN, ``cg_solve(op, g, damping=lambda)``
+    adds lambda on the biases too, which is the usual Levenberg-Marquardt
+    term rather than the penalty exactly.
 
     Args:
       model: the network; ``model.apply(params, x)`` runs in eval mode (no dropout).

@@ -100,6 +100,14 @@ def hvp(f: Callable[[Params], jax.Array], params: Params, v: Params, *, method: 
       ParamsError: ``v`` not shaped like the params: the first mismatching
         leaf of ``v`` is named, with the shape or dtype kind expected and got.
       NonFiniteCurvatureError: ``v`` holds NaN or inf (names the leaf).
+
+    Examples:
+      For f(w) = sum(w^3) the Hessian is diag(6 w):
+
+      >>> import jax.numpy as jnp
+      >>> import purenet as pn
+      >>> print(pn.hvp(lambda w: jnp.sum(w**3), jnp.array([1.0, 2.0]), jnp.array([1.0, 1.0])))
+      [ 6. 12.]
     """
     check_vector("hvp", "v", v, params)
     product = _compiled_hvp(f, check_method("hvp", method), False)(params, v)
@@ -124,8 +132,10 @@ def batched_hvp(
     """Many Hessian-vector products in one call, vectorized with ``jax.vmap``.
 
     Args:
-      f, params, method: as for ``hvp``.
+      f: as for ``hvp``.
+      params: as for ``hvp``.
       vs: the directions stacked: each leaf of shape ``(count, *leaf_shape)``.
+      method: as for ``hvp``.
 
     Returns:
       The products stacked the same way: ``H v_i`` is ``tree_map(lambda a: a[i], result)``.
@@ -147,7 +157,8 @@ def ggn_vp(
     Args:
       outputs_fn: ``outputs_fn(params) -> outputs``, the network on a batch.
       loss_fn: ``loss_fn(outputs) -> scalar``, the loss of those outputs.
-      params, v: the point and the direction, as for ``hvp``.
+      params: the point, as for ``hvp``.
+      v: the direction, as for ``hvp``.
 
     Returns:
       G v in the params' structure.  G is positive semi-definite when

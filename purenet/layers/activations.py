@@ -73,9 +73,9 @@ def elementwise(
       fn: the unit in ``jax.numpy``.
       preferred_init: the weight initializer the unit wants for the weights
         before it (its ``InitPolicy.prefers``, which ``serial`` reads).
-      np_fn, np_derivative: the unit f and its hand-derived derivative f' in
-        NumPy; given both, the layer has a reference whose pullback is
-        ``g -> ((), g * f'(z))``.
+      np_fn: the unit f in NumPy; given it and ``np_derivative``, the layer
+        has a reference whose pullback is ``g -> ((), g * f'(z))``.
+      np_derivative: the hand-derived derivative f' in NumPy.
       kink_distance: for a unit with kinks, the entrywise distance of z to
         the nearest kink (``np.abs`` for the rectifiers).
       np_second_derivative: f'' in NumPy (zero for a piecewise-linear

@@ -73,6 +73,20 @@ def Dense(
 
     Returns:
       A Layer with params ``{"w": (d, n), "b": (n,)}``.
+
+    Examples:
+      ``init`` infers d from the input shape; -1 is the batch axis.
+
+      >>> import jax, jax.numpy as jnp
+      >>> import purenet as pn
+      >>> layer = pn.Dense(3)
+      >>> out_shape, params = layer.init(jax.random.PRNGKey(0), (-1, 4))
+      >>> out_shape
+      (-1, 3)
+      >>> jax.tree_util.tree_map(jnp.shape, params)
+      {'b': (3,), 'w': (4, 3)}
+      >>> layer.apply(params, jnp.ones((2, 4))).shape
+      (2, 3)
     """
     name = f"Dense({units})"
     units = require_positive_int(name, "units", units)

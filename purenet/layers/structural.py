@@ -54,6 +54,18 @@ def Dropout(rate: float) -> Layer:
 
     Returns:
       A parameter-free Layer whose ``apply`` needs ``key`` when ``train=True``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import purenet as pn
+      >>> dropout = pn.Dropout(0.5)
+      >>> _, params = dropout.init(jax.random.PRNGKey(0), (-1, 6))
+      >>> x = jnp.ones((1, 6))
+      >>> print(dropout.apply(params, x))  # evaluation (train=False): the identity
+      [[1. 1. 1. 1. 1. 1.]]
+      >>> y = dropout.apply(params, x, key=jax.random.PRNGKey(1), train=True)
+      >>> set(y.ravel().tolist()) <= {0.0, 2.0}  # each entry dropped, or scaled by 1 / (1 - rate)
+      True
     """
     name = f"Dropout({rate})"
     rate = require_number(name, "rate (a probability)", rate, low=0.0, high=1.0, high_open=True)

@@ -111,6 +111,23 @@ class EarlyStopping:
 
     After ``fit`` returns: ``stopped_epoch`` (the epoch it stopped after, or
     None), ``best_epoch`` and ``best`` (the best value).
+
+    Examples:
+      With a learning rate of 0 the validation loss never improves on epoch
+      1's, so ``patience=1`` stops training after epoch 2 of 10:
+
+      >>> import jax, numpy as np, optax
+      >>> import purenet as pn
+      >>> x = np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32)
+      >>> y = (x[:, 0] > 0).astype(np.int32)
+      >>> model = pn.Dense(2)
+      >>> _, params = model.init(jax.random.PRNGKey(0), (-1, 2))
+      >>> stop = pn.EarlyStopping("val_loss", patience=1)
+      >>> result = pn.fit(model, params, x, y, loss=pn.softmax_cross_entropy, optimizer=optax.sgd(0.0),
+      ...                 epochs=10, batch_size=8, key=jax.random.PRNGKey(1), validation=(x, y),
+      ...                 callbacks=[stop], progress=False)
+      >>> stop.stopped_epoch, stop.best_epoch, len(result.history["val_loss"])
+      (2, 1, 2)
     """
 
     def __init__(

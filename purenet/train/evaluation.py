@@ -32,6 +32,12 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
     Needs at least 2 logits per example (for one sigmoid logit, ``binary_accuracy``)
     and labels of the logits' leading shape, each in [0, classes).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import purenet as pn
+      >>> round(float(pn.accuracy(jnp.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]]), jnp.array([0, 1, 1]))), 4)
+      0.6667
     """
     logits = loss_outputs("accuracy", logits)
     if logits.shape[-1] < 2:
