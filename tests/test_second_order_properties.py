@@ -43,9 +43,12 @@ def check_both_products(case, seed):
         assert report.forward_error <= 1e-10 and report.value_error <= 1e-10
 
 
-@settings(max_examples=200, **SETTINGS)
-@given(costs(), st.integers(0, 2**31 - 1))
-def test_hvp_and_ggn_agree_three_ways_on_random_networks(case, seed):
+# 200 networks in 4 shards of 50, so pytest-xdist runs them on every core (hypothesis draws each
+# shard's networks from its own seed: its pytest node id enters the seed, derandomized on CI too).
+@pytest.mark.parametrize("shard", range(4))
+@settings(max_examples=50, **SETTINGS)
+@given(case=costs(), seed=st.integers(0, 2**31 - 1))
+def test_hvp_and_ggn_agree_three_ways_on_random_networks(shard, case, seed):
     check_both_products(case, seed)
 
 
