@@ -31,6 +31,7 @@ import numpy as np
 from purenet.errors import (  # noqa: F401 - re-exported: purenet.core is where errors are imported from
     ConfigError,
     InputTypeError,
+    MissingKeyError,
     MissingReferenceError,
     ParamsError,
     PurenetError,

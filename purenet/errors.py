@@ -60,6 +60,10 @@ class ConfigError(PurenetError, ValueError):
     """A layer built with an argument out of range (a size below 1, say)."""
 
 
+class MissingKeyError(ConfigError):
+    """A stochastic layer (dropout) called in training mode without the PRNG key it draws from."""
+
+
 class InputTypeError(PurenetError, TypeError):
     """An input of the wrong dtype: integers where floats are needed."""
 

@@ -34,9 +34,19 @@ from typing import Any
 import jax
 import numpy as np
 
-from purenet.errors import ConfigError, InputTypeError, ParamsError, describe_tree, dtype_kind
+from purenet.errors import (
+    ConfigError,
+    InputTypeError,
+    MissingKeyError,
+    ParamsError,
+    PurenetError,
+    describe_tree,
+    dtype_kind,
+)
 
 CONTRACT = "apply(params, x, *, key=None, train=False) -> y"
+TRACED_TRAIN = "under jax.jit (or another transformation) train arrives traced and both modes are compiled"
+ONE_MODE = 'Pass key=..., or compile one mode: jax.jit(model.apply, static_argnames="train")'
 
 
 def checked_init(owner: str, init: Callable) -> Callable:
@@ -51,26 +61,54 @@ def checked_init(owner: str, init: Callable) -> Callable:
         if not (isinstance(result, tuple) and len(result) == 2):
             raise ConfigError(owner, f"init must return (output_shape, params), got {describe_tree(result)}")
         for path, leaf in jax.tree_util.tree_flatten_with_path(result[1])[0]:
-            dtype = leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf)
-            if dtype_kind(dtype) != "floating":
-                raise ParamsError(
-                    owner,
-                    f"init built a leaf of dtype {dtype}; params must be floating point "
-                    "(does an initializer return integers?)",
-                    leaf=jax.tree_util.keystr(path),
-                )
+            _require_floating_leaf(owner, jax.tree_util.keystr(path), leaf)
         return result
 
     checked._purenet_checked = True  # type: ignore[attr-defined]
     return checked
 
 
+def _require_floating_leaf(owner: str, leaf_path: str, leaf: Any) -> None:
+    """Refuse a params leaf that is not a floating-point array or number (an int, a string, an object)."""
+    if hasattr(leaf, "dtype"):
+        dtype = leaf.dtype
+    elif isinstance(leaf, (bool, int, float, complex)):
+        dtype = np.result_type(leaf)
+    else:
+        raise ParamsError(
+            owner, f"init built a leaf of type {type(leaf).__name__}; params must be floating-point arrays",
+            leaf=leaf_path,
+        )  # fmt: skip
+    if dtype_kind(dtype) != "floating":
+        raise ParamsError(
+            owner,
+            f"init built a leaf of dtype {dtype}; params must be floating point "
+            "(does an initializer return integers?)",
+            leaf=leaf_path,
+        )
+
+
+def raw_key_shape() -> tuple:
+    """The shape of a raw uint32 key under the PRNG implementation in use: (2,) for threefry, (4,) for rbg."""
+    return _key_data_shape(jax.config.jax_default_prng_impl)
+
+
+@functools.cache
+def _key_data_shape(impl: str) -> tuple:
+    # Keyed on the implementation's name: jax caches traces without the config, so it is passed explicitly.
+    return tuple(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape)
+
+
 def check_key(owner: str, key: Any, argument: str = "key") -> jax.Array:
-    """A JAX PRNG key (``jax.random.PRNGKey(n)``'s uint32 pair or a typed ``jax.random.key(n)``), returned."""
+    """A JAX PRNG key (``jax.random.PRNGKey(n)``'s uint32 data or a typed ``jax.random.key(n)``), returned.
+
+    A raw key's shape follows ``jax_default_prng_impl`` (``(2,)`` for the
+    default threefry, ``(4,)`` for ``rbg``), as ``jax.random`` reads it.
+    """
     if isinstance(key, (jax.Array, np.ndarray)):
         if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
             return key
-        if key.dtype == np.uint32 and key.shape == (2,):
+        if key.dtype == np.uint32 and key.shape == raw_key_shape():
             return key
         got = f"an array of shape {tuple(key.shape)} ({key.dtype})"
     else:
@@ -125,12 +163,34 @@ def contract_apply(owner: str, apply: Callable) -> Callable:
         train = train_flag(owner, train)
         if isinstance(train, bool):
             return apply(params, x, key=key, train=train)
-        # Both modes are traced; the device runs the one train selects (see the module docstring).
+        return _both_modes(owner, apply, params, x, key, train)
+
+    run._purenet_contract = True  # type: ignore[attr-defined]
+    return run
+
+
+def _both_modes(owner: str, apply: Callable, params: Any, x: Any, key: Any, train: jax.Array) -> jax.Array:
+    """Trace both modes and let the device run the one a traced ``train`` selects (``lax.cond``).
+
+    Both branches must trace: training mode with the key given (a dropout
+    layer needs one even when ``train`` will be False on the device), and
+    both with the same output shapes and dtypes.  Failing either is refused
+    naming ``owner`` and the way out (a key, or ``train`` static).
+    """
+    try:
         return jax.lax.cond(
             train,
             lambda: apply(params, x, key=key, train=True),
             lambda: apply(params, x, key=key, train=False),
         )
-
-    run._purenet_contract = True  # type: ignore[attr-defined]
-    return run
+    except MissingKeyError as error:
+        needs_key = f"{TRACED_TRAIN}; training mode needs a PRNG key ({error}). {ONE_MODE}"
+        raise MissingKeyError(owner, needs_key) from error
+    except TypeError as error:
+        if isinstance(error, PurenetError) or not (key is None or "branches" in str(error)):
+            raise
+        raise ConfigError(
+            owner,
+            f"{TRACED_TRAIN}; both must trace{' with key=None' if key is None else ''} and return the same "
+            f"shapes and dtypes, and they did not ({type(error).__name__}: {error}). {ONE_MODE}",
+        ) from error

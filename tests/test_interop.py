@@ -74,7 +74,7 @@ def test_linen_trains_with_optax_like_fit(task):
     module = LinenModel(MODEL, (-1, 64))
     built = module.init(jax.random.PRNGKey(0), x)["params"]["purenet"]
     pn.check_like(built, params, layer="test")  # linen's init builds purenet's own layout
-    variables = LinenModel.variables(params)
+    variables = module.wrap(params)
     tx = optax.adam(RATE)
     state = tx.init(variables)
 
@@ -134,7 +134,7 @@ def test_nnx_and_linen_feed_dropout_from_their_rng_streams():
     streamed = NNXModel(DROPOUT, params=params, rngs=nnx.Rngs(dropout=3))
     assert not np.array_equal(streamed(x, train=True), streamed(x, train=True))  # a fresh key per call
     linen = LinenModel(DROPOUT, (-1, 4))
-    variables = LinenModel.variables(params)
+    variables = linen.wrap(params)
     from_stream = linen.apply(variables, x, train=True, rngs={"dropout": key})
     assert from_stream.shape == trained.shape and not np.array_equal(from_stream, evaluated)
     np.testing.assert_array_equal(linen.apply(variables, x, key=key, train=True), trained)

@@ -21,6 +21,7 @@ installed can use ``EquinoxModel``; a missing library raises
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from purenet.interop.base import MissingExtraError
@@ -31,7 +32,9 @@ _ADAPTERS = {
     "EquinoxModel": ("purenet.interop.equinox", "equinox"),
 }
 
-__all__ = ["EquinoxModel", "LinenModel", "MissingExtraError", "NNXModel"]
+# What `from purenet.interop import *` takes: the adapters whose host library is installed.
+_INSTALLED = sorted(name for name, (_, library) in _ADAPTERS.items() if importlib.util.find_spec(library))
+__all__ = ["MissingExtraError", *_INSTALLED]
 
 
 def __getattr__(name: str) -> Any:

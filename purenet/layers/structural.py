@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import ConfigError, Layer, Reference, ShapeError, check_key
+from purenet.core import Layer, MissingKeyError, Reference, ShapeError, check_key
 from purenet.shapes import check_input, check_no_params, normalize_shape
 from purenet.validate import require_number
 
@@ -79,7 +79,7 @@ def Dropout(rate: float) -> Layer:
         if not train or rate == 0.0:
             return x
         if key is None:
-            raise ConfigError(name, "train=True needs a PRNG key: apply(params, x, key=key, train=True)")
+            raise MissingKeyError(name, "train=True needs a PRNG key: apply(params, x, key=key, train=True)")
         keep = jax.random.bernoulli(check_key(name, key), 1.0 - rate, x.shape)
         return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
