@@ -4,7 +4,8 @@ The package is split by concern, its imports running one way:
 ``base`` (the shared names) <- ``step`` (one step, K steps in one dispatch)
 <- ``evaluation`` (metrics, ``evaluate``), ``resume`` (fit's checkpoint),
 ``callbacks`` (the epoch-end protocol, ``EarlyStopping``) <- ``keep``
-(``KeepCheckpoints``), ``inputs`` (fit's argument checks) <- ``loop`` (``fit``).
+(``KeepCheckpoints``), ``inputs`` (fit's argument checks), ``history`` (its entries per
+epoch) <- ``loop`` (``fit``).
 """
 
 from purenet.train.base import FitResult, NonFiniteLossError, ResumeError, StepOutput, TrainState

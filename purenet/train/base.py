@@ -19,6 +19,8 @@ Metric = Callable[[jax.Array, jax.Array], jax.Array]
 ON_NONFINITE = ("stop", "skip")
 DEVICE_DATA_BYTES = 2**30  # where the device does not report its memory: above this, data stays on the host
 DEVICE_DATA_FRACTION = 0.25  # otherwise: the share of the device's memory the training data may take
+STEP_LOSS = "step_loss"  # the one history key fit records as a list per epoch, not a number
+LEARNING_RATE = "learning_rate"  # the injected hyperparameter fit records per epoch
 
 
 class TrainState(NamedTuple):
@@ -43,7 +45,9 @@ class FitResult(NamedTuple):
     ``"val_loss"`` and ``"val_<metric>"`` (on the held-out data, when given),
     ``"skipped"`` (non-finite steps skipped per epoch), ``"seconds"`` (wall
     time per epoch), ``"learning_rate"`` (where ``optax.inject_hyperparams``
-    keeps one: its value at the epoch's last step) and, with
+    keeps one: its value at the epoch's last step; where several injected states
+    keep one, ``"learning_rate/<group>"`` for each, e.g. the labels of an
+    ``optax.multi_transform``) and, with
     ``fit(step_losses=True)``, ``"step_loss"`` (a list of every step's loss)
     to one entry per epoch.
     """
@@ -75,7 +79,9 @@ class ResumeError(PurenetError, ValueError):
 __all__ = [
     "DEVICE_DATA_BYTES",
     "DEVICE_DATA_FRACTION",
+    "LEARNING_RATE",
     "ON_NONFINITE",
+    "STEP_LOSS",
     "FitResult",
     "Loss",
     "Metric",

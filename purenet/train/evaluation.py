@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from purenet.compiled import cached
-from purenet.core import Layer, ShapeError
+from purenet.core import ConfigError, Layer, ShapeError
 from purenet.data import check_arrays, check_labels
 from purenet.loss_targets import as_targets, integer_labels, loss_outputs
 from purenet.precision import Policy, mixed_precision
@@ -103,8 +103,38 @@ def evaluate(
     if classes is not None:
         check_labels("evaluate", y, classes)
     batch_size = require_positive_int("evaluate", "batch_size", batch_size)
-    compute = _evaluator(model, loss, tuple((metrics or {}).items()), policy)
+    compute = _evaluator(model, loss, check_metrics("evaluate", metrics), policy)
     return _evaluate_batches(compute, params, x, y, batch_size)
+
+
+def check_metrics(who: str, metrics: Any) -> tuple[tuple[str, Metric], ...]:
+    """``metrics`` as ``(name, fn)`` pairs, refused unless every name is a fresh string and every fn callable.
+
+    Args:
+      who: the function checking, named in errors (``"fit"``, ``"evaluate"``).
+      metrics: None, or a mapping ``{name: fn(outputs, targets) -> scalar}``.
+
+    A metric named ``"loss"`` would overwrite the loss in the figures (and
+    fit's ``val_loss``), so it is refused rather than silently replacing it.
+    """
+    if metrics is None:
+        return ()
+    if not isinstance(metrics, Mapping):
+        raise ConfigError(who, f"metrics must be a mapping {{name: fn}}, got {type(metrics).__name__}")
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(who, f"metrics' names must be non-empty strings, e.g. 'accuracy', got {name!r}")
+        if name == "loss":
+            raise ConfigError(
+                who, "metrics may not be named 'loss': that name is the loss's own figure (val_loss in fit's "
+                "history), which the metric would overwrite; rename it, e.g. 'my_loss'",
+            )  # fmt: skip
+        if not callable(fn):
+            got = type(fn).__name__
+            raise ConfigError(
+                who, f"metrics[{name!r}] must be a function (outputs, targets) -> scalar, got {got}"
+            )
+    return tuple(metrics.items())
 
 
 @cached
@@ -139,4 +169,4 @@ def _evaluate_batches(compute: Callable, params: Any, x, y, batch_size: int) -> 
     return {name: total / len(x) for name, total in totals.items()}
 
 
-__all__ = ["accuracy", "binary_accuracy", "evaluate"]
+__all__ = ["accuracy", "binary_accuracy", "check_metrics", "evaluate"]

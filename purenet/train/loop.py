@@ -41,8 +41,19 @@ from purenet.data import check_arrays, check_labels
 from purenet.precision import Policy, check_policy
 from purenet.shapes import require_positive_int
 from purenet.train import callbacks as fit_callbacks
-from purenet.train.base import FitResult, Loss, Metric, NonFiniteLossError, StepOutput, TrainState
-from purenet.train.evaluation import _evaluate_batches, _evaluator, label_classes
+from purenet.train import keep as fit_keep
+from purenet.train.base import (
+    LEARNING_RATE,
+    STEP_LOSS,
+    FitResult,
+    Loss,
+    Metric,
+    NonFiniteLossError,
+    StepOutput,
+    TrainState,
+)
+from purenet.train.evaluation import _evaluate_batches, _evaluator, check_metrics, label_classes
+from purenet.train.history import append_epoch, fits_own, pad_epoch
 from purenet.train.inputs import (
     _check_shapes_before_training,
     _check_validation,
@@ -61,8 +72,6 @@ from purenet.train.resume import (
     start,
 )
 from purenet.train.step import _runner
-
-LEARNING_RATE = "learning_rate"  # the injected hyperparameter fit records per epoch
 
 
 def fit(
@@ -90,7 +99,8 @@ def fit(
       batch_size: examples per step, >= 1, capped at the dataset size (a partial last one is dropped).
       key: PRNG key for the shuffles and for stochastic layers (dropout).
       validation: ``(x_val, y_val)`` evaluated after every epoch.
-      metrics: ``{name: fn(outputs, targets) -> scalar}`` on the validation data, e.g. ``pn.accuracy``.
+      metrics: ``{name: fn(outputs, targets) -> scalar}`` on the validation data, e.g. ``pn.accuracy``
+        (so they need ``validation``; a metric named ``"loss"`` would hide ``val_loss`` and is refused).
       steps_per_dispatch: steps fused into one ``lax.scan`` (default: an epoch, up to 256).
       mesh: train data-parallel, the minibatch sharded over this mesh's axis ``data_axis``.
       data_axis: that axis; ``batch_size`` must be a multiple of its size.
@@ -113,14 +123,15 @@ def fit(
     """
     epochs, resume, key = _check_call(epochs, resume, key, checkpoint_path)
     callbacks, step_losses = fit_callbacks.check_callbacks(callbacks), _check_step_losses(step_losses)
+    fit_keep.check_directories(callbacks, checkpoint_path)
     plan = _prepare(
         model, params, x, y, loss=loss, optimizer=optimizer, batch_size=batch_size, regularizer=regularizer,
         validation=validation, metrics=metrics, steps_per_dispatch=steps_per_dispatch, policy=policy,
         on_nonfinite=on_nonfinite, mesh=mesh, data_axis=data_axis, step_losses=step_losses,
     )  # fmt: skip
     state, key, history, start_epoch = _start(plan, params, optimizer, key, checkpoint_path, resume, epochs)
-    fit_callbacks.begin(callbacks, history, _history_keys(plan, state, metrics))
-    epochs_left = range(start_epoch, epochs)
+    stop = fit_callbacks.begin(callbacks, history, _history_keys(plan, state, metrics))
+    epochs_left = range(start_epoch, start_epoch if stop else epochs)  # a callback may stop it at once
     state = _train(plan, state, key, history, epochs_left, callbacks, checkpoint_path, progress)
     state = fit_callbacks.end(callbacks, history, state)
     return FitResult(state.params, state.opt_state, history)
@@ -137,8 +148,10 @@ def _train(
             started = time.perf_counter()
             state, key, outputs, hyperparams = _run_epoch(plan, state, key, bar)
             _record_epoch(plan, epoch, state, outputs, hyperparams, history)
-            _append(history, "seconds", time.perf_counter() - started, epoch)
+            append_epoch(history, "seconds", time.perf_counter() - started, epoch)
+            pad_epoch(history, epoch + 1, only=fits_own)  # callbacks (KeepCheckpoints) see it whole
             stop = fit_callbacks.epoch_end(callbacks, epoch + 1, history, state)
+            pad_epoch(history, epoch + 1)  # and the names callbacks record, once they have
             _report_epoch(plan, epoch, state, key, history, bar, checkpoint_path)
             if stop:
                 break
@@ -197,6 +210,12 @@ def _prepare(
 ) -> _Plan:
     """Check fit's arguments and data, place the data, and fetch the compiled loop and evaluator."""
     batch_size = require_positive_int("fit", "batch_size", batch_size)
+    metrics = check_metrics("fit", metrics)
+    if metrics and validation is None:  # they would be computed on nothing and silently missing
+        raise ConfigError(
+            "fit", f"metrics {[name for name, _ in metrics]} are computed on the validation data, but "
+            "validation is None: pass validation=(x_val, y_val), or drop metrics",
+        )  # fmt: skip
     x, y = check_arrays("fit", x, y)
     if x.shape[0] == 0:
         raise ConfigError("fit", "the training set is empty")
@@ -222,7 +241,7 @@ def _prepare(
     if on_device:
         x, y = jax.device_put(x, replicated), jax.device_put(y, replicated)
     run = _runner(model, loss, optimizer, regularizer, policy, on_nonfinite, batch_sharding, on_device)
-    evaluate_on = _evaluator(model, loss, tuple((metrics or {}).items()), policy)
+    evaluate_on = _evaluator(model, loss, metrics, policy)
     return _Plan(
         x, y, validation, batch_size, steps_per_epoch, steps_per_dispatch, on_nonfinite, replicated, run,
         evaluate_on, {}, step_losses,
@@ -301,43 +320,33 @@ def _record_epoch(
         bad_step = epoch * plan.steps_per_epoch + int(np.argmin(finite))
         raise NonFiniteLossError(bad_step, state.params, state.opt_state, history)
     losses = outputs.loss[finite]
-    _append(history, "loss", float(np.mean(losses)) if losses.size else float("nan"), epoch)
-    _append(history, "skipped", int((~finite).sum()), epoch)
+    append_epoch(history, "loss", float(np.mean(losses)) if losses.size else float("nan"), epoch)
+    append_epoch(history, "skipped", int((~finite).sum()), epoch)
     if plan.step_losses:
-        _append(history, "step_loss", [float(value) for value in outputs.loss], epoch, missing=[])
+        append_epoch(history, STEP_LOSS, [float(value) for value in outputs.loss], epoch, missing=[])
     for name, value in hyperparams.items():
-        _append(history, name, value, epoch)
+        append_epoch(history, name, value, epoch)
     if plan.validation is not None:
         figures = _evaluate_batches(
             plan.evaluate_on, state.params, *plan.validation, batch_size=max(plan.batch_size, 1024)
         )
         for name, value in figures.items():
-            _append(history, f"val_{name}", value, epoch)
-
-
-def _append(history: dict[str, list], name: str, value: Any, epoch: int, missing: Any = float("nan")) -> None:
-    """``history[name].append(value)`` for epoch ``epoch`` (0-based), padding epochs a resumed run lacks.
-
-    A run resumed with validation or step losses its first part did not
-    record still keeps one entry per epoch under every name.
-    """
-    values = history.setdefault(name, [])
-    values.extend([missing] * (epoch - len(values)))
-    values.append(value)
+            append_epoch(history, f"val_{name}", value, epoch)
 
 
 def _learning_rate(opt_state: Any) -> dict[str, Any]:
-    """``{"learning_rate": lr}`` where ``optax.inject_hyperparams`` keeps one in the state, else ``{}``."""
+    """The learning rates ``optax.inject_hyperparams`` keeps in the state: ``{"learning_rate": lr}``,
+    one ``"learning_rate/<group>"`` per injected state where there are several, or ``{}``."""
     injected = injected_hyperparams(opt_state)
-    return {LEARNING_RATE: injected[LEARNING_RATE]} if LEARNING_RATE in injected else {}
+    return {n: v for n, v in injected.items() if n == LEARNING_RATE or n.startswith(LEARNING_RATE + "/")}
 
 
 def _history_keys(plan: _Plan, state: TrainState, metrics: Mapping[str, Metric] | None) -> list[str]:
     """The names every epoch of this run records, known before the first step (for callbacks to check)."""
-    keys = ["loss", "skipped", "seconds"] + ["step_loss"] * plan.step_losses
+    keys = ["loss", "skipped", "seconds"] + [STEP_LOSS] * plan.step_losses
     keys += list(_learning_rate(state.opt_state))
     if plan.validation is not None:
-        keys += ["val_loss"] + [f"val_{name}" for name in metrics or {}]
+        keys += ["val_loss"] + [f"val_{name}" for name, _ in check_metrics("fit", metrics)]
     return keys
 
 

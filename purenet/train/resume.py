@@ -18,6 +18,7 @@ import os
 import pathlib
 import sys
 import uuid
+from collections import Counter
 from typing import Any
 
 import jax
@@ -69,19 +70,48 @@ def injected_hyperparams(opt_state: Any) -> dict[str, Any]:
     """The scalar hyperparameters ``optax.inject_hyperparams`` keeps in ``opt_state``, by name (on device).
 
     A schedule given to ``inject_hyperparams`` leaves its current value there,
-    so this is the learning rate the last update used.
+    so this is the learning rate the last update used.  A name several
+    injected states keep (an ``optax.multi_transform`` of two
+    ``inject_hyperparams``, a chain of two) comes once per state, as
+    ``name/<group>``: the group is the dict keys and sequence indices on the
+    way to that state (``learning_rate/a``), so no group's value hides another's.
+
+    Args:
+      opt_state: an optax optimizer state.
     """
-    found: dict[str, Any] = {}
     # optax's inject_hyperparams states (InjectHyperparamsState, InjectStatefulHyperparamsState) all
     # keep a dict ``hyperparams``; match that field rather than one class name.
     is_injected = lambda node: isinstance(getattr(node, "hyperparams", None), dict)  # noqa: E731
-    for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_injected):
-        if is_injected(node):
-            for name, value in node.hyperparams.items():
-                dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
-                if np.ndim(value) == 0 and np.issubdtype(dtype, np.number):
-                    found[name] = value
+    flat = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_injected)[0]
+    states = [(path, _scalars(node.hyperparams)) for path, node in flat if is_injected(node)]
+    counts = Counter(name for _, scalars in states for name in scalars)
+    found: dict[str, Any] = {}
+    for label, (_, scalars) in zip(_group_labels([path for path, _ in states]), states):
+        for name, value in scalars.items():
+            found[name if counts[name] == 1 else f"{name}/{label}"] = value
     return found
+
+
+def _scalars(hyperparams: dict) -> dict[str, Any]:
+    """The numeric 0-d entries of an injected state's ``hyperparams`` (not arrays, not flags)."""
+    found = {}
+    for name, value in hyperparams.items():
+        dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
+        if np.ndim(value) == 0 and np.issubdtype(dtype, np.number):
+            found[name] = value
+    return found
+
+
+def _group_labels(paths: list) -> list[str]:
+    """A short, distinct label per path: its dict keys and indices (``a``, ``0/b``), else its full path."""
+    labels = []
+    for path in paths:
+        parts = [str(getattr(entry, "key", getattr(entry, "idx", ""))) for entry in path]
+        parts = [part for entry, part in zip(path, parts) if not isinstance(entry, jax.tree_util.GetAttrKey)]
+        labels.append("/".join(parts))
+    if len(set(labels)) == len(labels) and all(labels):
+        return labels
+    return [jax.tree_util.keystr(path) or "root" for path in paths]
 
 
 def _hyperparams(opt_state: Any) -> dict[str, float]:
