@@ -14,7 +14,8 @@ One concern per module, each citing its papers; imports run one way, from
                  (Golub and Meurant 1994; Ghorbani, Krishnan and Xiao 2019)
     plotting.py  plot_spectral_density (matplotlib, imported when called)
     trace.py     hutchinson_trace, hutchpp_trace (Hutchinson 1989; Meyer et al. 2021)
-    solve.py     cg_solve and make_hessian_free_step (Martens 2010)
+    solve.py     cg_solve (Hestenes and Stiefel 1952)
+    hessian_free.py  make_hessian_free_step (Martens 2010), its damping kept in DAMPING_RANGE
 
 Every Krylov method is a device-resident loop over flattened parameter
 vectors (``flatten_params``), with pytrees in and out.
@@ -23,16 +24,11 @@ vectors (``flatten_params``), with pytrees in and out.
 from purenet.curvature.base import METHODS, NonFiniteCurvatureError, flatten_params
 from purenet.curvature.density import SpectralDensity, spectral_density
 from purenet.curvature.eigen import Eigenpairs, lanczos
+from purenet.curvature.hessian_free import HessianFreeInfo, HessianFreeState, make_hessian_free_step
 from purenet.curvature.operator import CurvatureOperator, ggn_operator, hessian_operator, model_operator
 from purenet.curvature.plotting import plot_spectral_density
 from purenet.curvature.products import batched_hvp, ggn_vp, hessian, hvp
-from purenet.curvature.solve import (
-    CGResult,
-    HessianFreeInfo,
-    HessianFreeState,
-    cg_solve,
-    make_hessian_free_step,
-)
+from purenet.curvature.solve import CGResult, cg_solve
 from purenet.curvature.trace import TraceEstimate, hutchinson_trace, hutchpp_trace
 
 __all__ = [

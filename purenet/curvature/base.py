@@ -5,7 +5,7 @@ here imports from them, so the package's imports run one way:
 
     base <- products <- operator <- eigen <- density <- plotting
                                  <- trace
-                                 <- solve
+                                 <- solve <- hessian_free
 
 Vectors are flattened in ``jax.tree_util`` leaf order
 (``jax.flatten_util.ravel_pytree``): the rows and columns of ``hessian``,
@@ -75,7 +75,9 @@ def require_finite(where: str, what: str, tree: Any, message: str | None = None)
     """Raise naming the first leaf of ``tree`` (named ``what``) holding NaN or inf; skipped under a trace."""
     if not _is_concrete(tree):
         return
-    path = first_nonfinite_leaf(tree)
+    # Concrete values inside a user's jit (cg_solve's b, say): evaluate now, not as a traced flag.
+    with jax.ensure_compile_time_eval():
+        path = first_nonfinite_leaf(tree)
     if path is not None:
         message = message or f"{what} must be finite, but this leaf holds NaN or inf"
         raise NonFiniteCurvatureError(where, message, path, root=what)

@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purenet.core import ConfigError
+from purenet.core import ConfigError, ShapeError
 from purenet.curvature.base import NonFiniteCurvatureError, flatten_params
 from purenet.curvature.eigen import initial_state, krylov_sizes, lanczos_step, tridiagonal
-from purenet.curvature.operator import CurvatureOperator, compiled
+from purenet.curvature.operator import CurvatureOperator, compiled, require_operator
 from purenet.shapes import require_positive_int
-from purenet.validate import require_number
+from purenet.validate import DataError, is_traced, require_number
 
 
 class SpectralDensity(NamedTuple):
@@ -31,6 +31,13 @@ class SpectralDensity(NamedTuple):
     For each probe v (unit norm), m Lanczos steps give a Gauss quadrature
     ``sum_i weights_i delta(t - nodes_i)`` of the measure v^T delta(t - A) v;
     the density is their mean over probes.
+
+    A hand-built density is checked where it is read (``moment``,
+    ``default_sigma``, ``evaluate``, ``plot_spectral_density``), not when
+    built, since jax rebuilds this pytree with placeholders and tracers:
+    nodes and weights of one shape (probes, m), finite, weights >= 0 with
+    each probe's row summing to 1 (Golub and Meurant 1994: the weights of a
+    Gauss quadrature of a probability measure), and ``dim`` a positive integer.
 
     Attributes:
       nodes: (probes, m) Ritz values.
@@ -43,22 +50,103 @@ class SpectralDensity(NamedTuple):
     dim: int
 
     def moment(self, power: int) -> float:
-        """The estimate of tr(A^power) / P; exact in expectation for power < 2m."""
-        return float(jnp.mean(jnp.sum(self.weights * self.nodes**power, axis=1)))
+        """The estimate of tr(A^power) / P; exact in expectation for power < 2m.
+
+        Args:
+          power: a non-negative integer p.
+        """
+        nodes, weights = checked_density("SpectralDensity.moment", self)
+        power = int(require_number("SpectralDensity.moment", "power", power, low=0, integer=True))
+        return float(np.mean(np.sum(weights * nodes**power, axis=1)))
 
     def default_sigma(self) -> float:
         """Gaussian width for ``evaluate``: 1% of the spectrum's range (at least 1e-6)."""
-        return max(0.01 * float(jnp.max(self.nodes) - jnp.min(self.nodes)), 1e-6)
+        return _default_sigma(checked_density("SpectralDensity.default_sigma", self)[0])
 
     def evaluate(self, grid: Any, sigma: float | None = None) -> np.ndarray:
-        """The density smoothed by a Gaussian of width ``sigma``, at the points of ``grid``."""
-        sigma = self.default_sigma() if sigma is None else sigma
+        """The density smoothed by a Gaussian of width ``sigma``, at the points of ``grid``.
+
+        Args:
+          grid: a non-empty 1-d array of finite points.
+          sigma: the Gaussian's width, > 0; default ``default_sigma()``.
+        """
+        nodes, weights = checked_density("SpectralDensity.evaluate", self)
+        sigma = _default_sigma(nodes) if sigma is None else sigma
         sigma = require_number("SpectralDensity.evaluate", "sigma", sigma, low=0.0, low_open=True)
         grid = _grid(grid)
-        nodes = np.asarray(self.nodes, np.float64).reshape(-1)
-        weights = np.asarray(self.weights, np.float64).reshape(-1) / self.nodes.shape[0]
-        kernel = np.exp(-0.5 * ((grid - nodes) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        weights = weights.reshape(-1) / nodes.shape[0]  # the mean over probes
+        with np.errstate(over="ignore"):  # far from a node (or a tiny sigma) the kernel is exp(-inf) = 0
+            distance = ((grid - nodes.reshape(-1)) / sigma) ** 2
+        kernel = np.exp(-0.5 * distance) / (sigma * math.sqrt(2 * math.pi))
         return kernel @ weights
+
+
+def _default_sigma(nodes: np.ndarray) -> float:
+    return max(0.01 * float(nodes.max() - nodes.min()), 1e-6)
+
+
+def checked_density(where: str, density: SpectralDensity, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """A density's (nodes, weights) as float64 (probes, m) arrays, refused by field if they cannot be one.
+
+    Args:
+      where: the function reading the density, for the message.
+      density: the ``SpectralDensity``.
+      name: how the message calls the density (``"densities['a']"``); fields are ``name.nodes``.
+    """
+    prefix, label = (f"{name}.", name) if name else ("", "the density")
+    nodes, weights = (
+        _field(where, prefix + field, getattr(density, field)) for field in ("nodes", "weights")
+    )
+    if nodes.ndim != 2 or nodes.size == 0:
+        raise ShapeError(
+            where,
+            f"{prefix}nodes must have shape (probes, m) with probes, m >= 1, got shape {nodes.shape}"
+            + (" (one probe is shape (1, m))" if nodes.ndim == 1 else ""),
+        )
+    if weights.shape != nodes.shape:
+        raise ShapeError(where, f"{prefix}weights must have nodes' shape {nodes.shape}, got {weights.shape}")
+    for field, values in (("nodes", nodes), ("weights", weights)):
+        if not np.all(np.isfinite(values)):
+            raise DataError(where, f"{label} holds NaN or inf in its {field}")
+    with np.errstate(over="ignore"):  # the overflow is what is being checked
+        span = nodes.max() - nodes.min()
+    if not np.isfinite(span):  # a range no float64 grid or width can cover
+        raise DataError(
+            where, f"the nodes of {label} span [{nodes.min():g}, {nodes.max():g}], a range that overflows"
+        )
+    _check_weights(where, prefix, weights, getattr(density.weights, "dtype", np.float64))
+    dim = density.dim
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ConfigError(where, f"{prefix}dim must be a positive integer (P), got {dim!r}")
+    return nodes, weights
+
+
+def _field(where: str, field: str, value: Any) -> np.ndarray:
+    """One field as a concrete float64 array; a tracer (read inside jit) or a non-number is refused."""
+    if is_traced(value):
+        raise ConfigError(where, f"{field} is traced: a SpectralDensity is read on the host, outside jax.jit")
+    try:
+        return np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(where, f"{field} must be an array of reals, got {value!r:.80}") from None
+
+
+def _check_weights(where: str, prefix: str, weights: np.ndarray, dtype: Any) -> None:
+    """Weights >= 0, each probe's row summing to 1 within rounding of the dtype they were computed in."""
+    if weights.min() < 0:
+        raise DataError(
+            where, f"{prefix}weights must be >= 0 (Gauss quadrature weights), got {weights.min():g}"
+        )
+    sums = weights.sum(axis=1)
+    eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else np.finfo(np.float64).eps
+    # Each row is the squared first components of an orthogonal matrix's columns: 1 up to rounding.
+    tolerance = max(1e-3, 8 * eps * weights.shape[1])
+    if np.any(np.abs(sums - 1) > tolerance):
+        raise DataError(
+            where,
+            f"each probe's {prefix}weights must sum to 1 (a quadrature of a unit vector's measure), "
+            f"got sums from {sums.min():g} to {sums.max():g}",
+        )
 
 
 def _grid(grid: Any) -> np.ndarray:
@@ -121,6 +209,7 @@ def spectral_density(
     Returns:
       A ``SpectralDensity``; plot it with ``plot_spectral_density``.
     """
+    op = require_operator("spectral_density", op)
     num_probes = require_positive_int("spectral_density", "num_probes", num_probes)
     if num_iterations is None:
         num_iterations = min(op.dim, 80)

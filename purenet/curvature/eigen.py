@@ -32,7 +32,7 @@ from purenet.curvature.base import (
     flatten_params,
     require_finite,
 )
-from purenet.curvature.operator import CurvatureOperator, compiled
+from purenet.curvature.operator import CurvatureOperator, compiled, require_operator
 from purenet.shapes import require_positive_int
 
 # --------------------------------------------------------------------------
@@ -351,6 +351,7 @@ def lanczos(
       ParamsError: a ``v0`` not shaped like the params (names the first mismatching leaf).
       NonFiniteCurvatureError: a product held NaN or inf (names the step).
     """
+    op = require_operator("lanczos", op)
     k, max_iterations = krylov_sizes("lanczos", op.dim, k, max_iterations)
     if which not in ("top", "bottom"):
         raise ConfigError("lanczos", f"which must be 'top' or 'bottom', got {which!r}")

@@ -21,7 +21,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from purenet.compiled import cached
-from purenet.core import ConfigError, Layer
+from purenet.core import ConfigError, Layer, describe_tree
 from purenet.curvature.base import (
     METHODS,
     Params,
@@ -34,7 +34,7 @@ from purenet.curvature.base import (
     tree_axpy,
 )
 from purenet.curvature.products import ggn_product, hessian_product
-from purenet.validate import require_class_labels
+from purenet.validate import is_traced, require_class_labels
 
 
 @jax.tree_util.register_pytree_node_class
@@ -292,7 +292,7 @@ def model_operator(
     if kind not in ("hessian", "ggn"):
         raise ConfigError("model_operator", f"kind must be 'hessian' or 'ggn', got {kind!r}")
     require_finite("model_operator", "data", (x, y))  # named here, not in the operator it builds
-    _require_class_labels(model, loss, params, x, y)
+    require_labels("model_operator", model, loss, params, x, y)
     functions = model_functions(model, loss, regularizer)
     if kind == "hessian":
         return hessian_operator(functions.cost, params, (x, y), batch_size=batch_size)
@@ -301,12 +301,28 @@ def model_operator(
     return ggn_operator(functions.outputs, functions.loss, params, (x, y), batch_size=batch_size)
 
 
-def _require_class_labels(model: Layer, loss: Callable, params: Params, x: Any, y: Any) -> None:
-    """Integer labels for a loss over class scores lie in [0, classes): -1 must not wrap to the last class."""
+def require_labels(where: str, model: Layer, loss: Callable, params: Params, x: Any, y: Any) -> None:
+    """Integer labels for a loss over class scores lie in [0, classes): -1 must not wrap to the last class.
+
+    Skipped under a trace, where the labels cannot be read.
+    """
+    if not getattr(loss, "class_labels", False) or is_traced(x, y, params):
+        return
     y = np.asarray(y)
-    if getattr(loss, "class_labels", False) and y.dtype.kind in "iu" and y.size:
+    if y.dtype.kind in "iu" and y.size:
         outputs = jax.eval_shape(lambda p, xb: model.apply(p, xb), params, jnp.asarray(x)[:1])  # shapes only
-        require_class_labels("model_operator", y, outputs.shape[-1], argument="y")
+        require_class_labels(where, y, outputs.shape[-1], argument="y")
+
+
+def require_operator(where: str, op: Any) -> CurvatureOperator:
+    """``op`` if it is a ``CurvatureOperator``; a plain function (the loss itself, say) is refused by name."""
+    if not isinstance(op, CurvatureOperator):
+        raise ConfigError(
+            where,
+            "op must be a CurvatureOperator (from hessian_operator, ggn_operator or model_operator), "
+            f"got {describe_tree(op)}",
+        )
+    return op
 
 
 class ModelFunctions(NamedTuple):

@@ -14,6 +14,7 @@ function, so ``import purenet`` never needs it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from purenet.core import ConfigError
-from purenet.curvature.density import SpectralDensity
+from purenet.curvature.density import SpectralDensity, checked_density
 from purenet.validate import DataError, require_number
 
 _WHERE = "plot_spectral_density"
@@ -48,25 +49,27 @@ def plot_spectral_density(
 
     Args:
       densities: a ``SpectralDensity``, or a mapping from labels (strings) to them.
-      path: the file to write; matplotlib picks the format from its extension
-        (PNG when it has none).
+      path: the file to write, not an existing directory; matplotlib picks
+        the format from its extension, and a path without one gets ``.png``.
       sigma: Gaussian width; default each density's ``default_sigma``.
       num_points: evenly spaced grid points per curve, at least 2; every Ritz
         value is added to the grid as well, so no peak falls between points.
       title: the figure's title.
       decades: how many powers of ten below each curve's peak the log axis
-        shows (> 0).
+        shows (> 0, and not so many that the limit underflows float64).
       overlay: draw every curve on one axis whose x-range spans all their
         supports (for direct comparison), instead of one panel each.
 
     Returns:
-      ``path``, as a string.
+      The path written, as a string: ``path``, with ``.png`` added when it has no extension.
 
     Raises:
       ConfigError: ``densities`` is empty, not a density or a mapping of
         string labels to densities; or another argument is out of range; or
-        ``path`` cannot be written.
-      DataError: a density holds NaN or inf.
+        ``path`` is a directory or cannot be written.
+      ShapeError: a density's nodes and weights are not of one shape (probes, m).
+      DataError: a density holds NaN or inf, negative weights, rows of
+        weights not summing to 1, or nodes spanning a range that overflows.
     """
     plt = _pyplot()
     densities = _checked_densities(densities)
@@ -81,9 +84,11 @@ def plot_spectral_density(
     panels = 1 if overlay else len(curves)
     figure, axes = plt.subplots(panels, 1, figsize=(7, 1.2 + 2.8 * panels), sharex=False, squeeze=False)
     try:
+        lines = {}
         for index, (label, (grid, values)) in enumerate(curves.items()):
-            _draw(axes[0 if overlay else index, 0], grid, values, label, decades, overlay)
+            lines[label] = _draw(axes[0 if overlay else index, 0], grid, values, label, decades, overlay)
         if overlay:
+            _legend(axes[0, 0], lines)
             _fit_limits(axes[0, 0], list(curves.values()), decades)
         figure.suptitle(title)
         figure.tight_layout()
@@ -109,7 +114,8 @@ def _pyplot() -> Any:
 
 def _checked_densities(densities: Any) -> dict[str, SpectralDensity]:
     """``densities`` as a non-empty dict from string labels to finite densities."""
-    if isinstance(densities, SpectralDensity):
+    single = isinstance(densities, SpectralDensity)
+    if single:
         densities = {"": densities}
     if not isinstance(densities, Mapping):
         raise ConfigError(
@@ -130,13 +136,16 @@ def _checked_densities(densities: Any) -> dict[str, SpectralDensity]:
                 f"densities[{label!r}] must be a SpectralDensity (from spectral_density), "
                 f"got a {type(density).__name__}",
             )
-        if not (np.all(np.isfinite(density.nodes)) and np.all(np.isfinite(density.weights))):
-            raise DataError(_WHERE, f"densities[{label!r}] holds NaN or inf in its nodes or weights")
+        checked_density(_WHERE, density, "densities" if single else f"densities[{label!r}]")
     return dict(densities)
 
 
 def _checked_path(path: Any) -> str:
-    """``path`` as a string, if it names a file in an existing directory."""
+    """The file to write: ``path`` as a string, if it names a file in an existing directory.
+
+    A path without an extension gets ``.png``, as matplotlib would add it
+    (after stripping trailing dots), so that the path returned is the file written.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(
             _WHERE, f"path must be a string or os.PathLike, got {path!r:.80} ({type(path).__name__})"
@@ -145,6 +154,12 @@ def _checked_path(path: Any) -> str:
     folder = os.path.dirname(path) or "."
     if not path or not os.path.isdir(folder):
         raise ConfigError(_WHERE, f"path {path!r} cannot be written: the directory {folder!r} does not exist")
+    if not os.path.isdir(path) and not os.path.splitext(path)[1][1:]:
+        path = path.rstrip(".") + ".png"
+    if os.path.isdir(path):  # given, or what the .png added names: matplotlib would write a sibling
+        raise ConfigError(
+            _WHERE, f"path {path!r} is an existing directory; give a file name, such as a .png in it"
+        )
     return path
 
 
@@ -154,31 +169,52 @@ def _curve(density: SpectralDensity, sigma: float | None, num_points: int) -> tu
     nodes = np.asarray(density.nodes, np.float64).reshape(-1)
     low, high = float(nodes.min()), float(nodes.max())
     margin = max(0.05 * (high - low), 4 * sigma)
+    if not np.isfinite([low - margin, high + margin]).all():
+        raise DataError(
+            _WHERE,
+            f"a density's nodes span [{low:g}, {high:g}]: with its margins, too wide to plot in float64",
+        )
     grid = np.union1d(np.linspace(low - margin, high + margin, num_points), nodes)
     return grid, density.evaluate(grid, sigma)
 
 
-def _draw(axes: Any, grid: np.ndarray, values: np.ndarray, label: str, decades: float, overlay: bool) -> None:
+def _draw(axes: Any, grid: np.ndarray, values: np.ndarray, label: str, decades: float, overlay: bool) -> Any:
     """One curve on a log axis, the points that underflowed to 0 left out; limits from its own data.
 
-    A panel of its own is titled by the label; curves overlaid on one axis get a legend.
+    A panel of its own is titled by the label; curves overlaid on one axis get a legend (``_legend``).
+    Returns the line.
     """
-    axes.plot(grid, np.ma.masked_less_equal(values, 0.0), label=label or None)
+    (line,) = axes.plot(grid, np.ma.masked_less_equal(values, 0.0))
     axes.set_yscale("log")
     axes.set_xlabel("eigenvalue")
     axes.set_ylabel("density")
-    if label and overlay:
-        axes.legend(loc="upper right")
-    elif label:
+    if label and not overlay:
         axes.set_title(label)
     _fit_limits(axes, [(grid, values)], decades)
+    return line
+
+
+def _legend(axes: Any, lines: dict[str, Any]) -> None:
+    """The overlaid curves' labels, passed explicitly: else matplotlib drops a label starting with "_"."""
+    labelled = {label: line for label, line in lines.items() if label}
+    if labelled:
+        axes.legend(list(labelled.values()), list(labelled), loc="upper right")
 
 
 def _fit_limits(axes: Any, curves: list[tuple[np.ndarray, np.ndarray]], decades: float) -> None:
     """x over every curve's grid; y from ``10**-decades`` below the lowest peak to twice the highest."""
     peaks = [float(values.max()) for _, values in curves]
     axes.set_xlim(min(grid[0] for grid, _ in curves), max(grid[-1] for grid, _ in curves))
-    axes.set_ylim(min(peaks) * 10.0**-decades, 2 * max(peaks))
+    low = min(peaks) * 10.0**-decades
+    if not low >= np.finfo(np.float64).tiny:  # 0 (underflowed) on a log axis: matplotlib warns and ignores it
+        tiny = np.finfo(np.float64).tiny
+        most = math.floor(math.log10(min(peaks)) - math.log10(tiny)) if min(peaks) > 0 else 0
+        raise ConfigError(
+            _WHERE,
+            f"decades={decades:g} puts the lower y-limit below the smallest float64 (the lowest peak is "
+            f"{min(peaks):.3g}); give decades <= {most}",
+        )
+    axes.set_ylim(low, 2 * max(peaks))
 
 
 def _save(figure: Any, path: str) -> None:

@@ -1,35 +1,26 @@
-"""Conjugate gradients on a curvature operator, and the Hessian-free optimization step built on it.
+"""Conjugate gradients on a curvature operator.
 
 ``cg_solve`` solves (A + lambda I) x = g by conjugate gradients (Hestenes and
 Stiefel 1952; Nocedal and Wright, "Numerical Optimization", Algorithm 5.2);
 with A the Hessian or the Gauss-Newton matrix and g the gradient, -x is the
 damped Newton step of Hessian-free optimization (Martens 2010, "Deep
-learning via Hessian-free optimization"), which ``make_hessian_free_step``
-takes with Levenberg-Marquardt damping (section 4.1) and CG warm starts
-(section 4.5).
+learning via Hessian-free optimization"), which ``hessian_free.py`` takes
+with Levenberg-Marquardt damping (section 4.1) and CG warm starts (section 4.5).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from purenet.compiled import cached
-from purenet.core import ConfigError, Layer
-from purenet.curvature.base import (
-    METHODS,
-    Params,
-    check_vector,
-    require_finite,
-    tree_axpy,
-    tree_vdot,
-)
-from purenet.curvature.operator import CurvatureOperator, compiled, model_functions
+from purenet.core import ConfigError
+from purenet.curvature.base import Params, check_vector, require_finite, tree_axpy, tree_vdot
+from purenet.curvature.operator import CurvatureOperator, compiled, require_operator
 from purenet.shapes import require_positive_int
-from purenet.validate import require_number
+from purenet.validate import is_traced, require_number
 
 
 class CGResult(NamedTuple):
@@ -79,7 +70,7 @@ def _cg_loop(matvec, b, x0, tol, maxiter) -> tuple[Params, jax.Array]:
     return x, iterations
 
 
-def _cg(op, b, x0, damping, tol, maxiter) -> tuple[CGResult, Params]:
+def cg_and_product(op, b, x0, damping, tol, maxiter) -> tuple[CGResult, Params]:
     """The CG result and A x (undamped), the product the true residual needed anyway."""
     x0 = jax.tree_util.tree_map(jnp.zeros_like, b) if x0 is None else x0
     if maxiter is None:  # jax's cg's default cap: 10 P
@@ -100,7 +91,7 @@ def _cg(op, b, x0, damping, tol, maxiter) -> tuple[CGResult, Params]:
 
 
 def _cg_result(op, b, x0, damping, tol, maxiter) -> CGResult:
-    return _cg(op, b, x0, damping, tol, maxiter)[0]
+    return cg_and_product(op, b, x0, damping, tol, maxiter)[0]
 
 
 def cg_solve(
@@ -125,8 +116,9 @@ def cg_solve(
     Args:
       op: a ``CurvatureOperator``.
       b: the right-hand side, in the params' structure.
-      damping: lambda >= 0, the Levenberg-Marquardt term.
-      tol: relative residual ||r|| / ||b|| at which CG stops.
+      damping: lambda >= 0, the Levenberg-Marquardt term: a Python or NumPy
+        real, or a 0-d floating array (a ``HessianFreeState``'s own damping).
+      tol: relative residual ||r|| / ||b|| at which CG stops, in (0, 1).
       maxiter: the most CG iterations (default 10 P, jax's own).
       x0: a warm start (Martens 2010 section 4.5 starts from the last step).
 
@@ -134,14 +126,17 @@ def cg_solve(
       A ``CGResult``; check ``converged``.
 
     Raises:
+      ConfigError: ``op`` not a ``CurvatureOperator``; a damping, tol or maxiter out of range.
       ParamsError: ``b`` or ``x0`` not shaped like the params (names the first mismatching leaf).
-      NonFiniteCurvatureError: ``b`` or the solution holds NaN or inf.
+      NonFiniteCurvatureError: ``b``, ``x0`` or the solution holds NaN or inf.
     """
+    op = require_operator("cg_solve", op)
     check_vector("cg_solve", "b", b, op.params)
     require_finite("cg_solve", "b", b)
     if x0 is not None:
         check_vector("cg_solve", "x0", x0, op.params)
-    damping, tol, maxiter = _cg_arguments("cg_solve", damping, tol, maxiter)
+        require_finite("cg_solve", "x0", x0)  # before the solve, so a NaN start is not blamed on x
+    damping, tol, maxiter = cg_arguments("cg_solve", damping, tol, maxiter)
     result = compiled(op, _cg_result, "maxiter")(op, b, x0, damping, tol, maxiter)
     require_finite("cg_solve", "x", result.x, "the solution x is not finite (NaN or inf) here")
     require_finite(
@@ -154,114 +149,37 @@ def cg_solve(
     return result
 
 
-def _cg_arguments(
+def cg_arguments(
     where: str, damping: Any, tol: Any, maxiter: Any, prefix: str = ""
 ) -> tuple[float, float, int | None]:
-    """Damping lambda finite >= 0, tolerance finite > 0, an iteration cap >= 1 (or None)."""
-    damping = require_number(where, "damping", damping, low=0.0)
-    tol = require_number(where, f"{prefix}tol", tol, low=0.0, low_open=True)
+    """Damping lambda finite >= 0, tolerance in (0, 1), an iteration cap >= 1 (or None)."""
+    damping = real_scalar(where, "damping", damping, low=0.0)
+    tol = real_scalar(where, f"{prefix}tol", tol, low=0.0, low_open=True)
+    if not is_traced(tol) and tol >= 1:
+        # The tolerance is relative to ||b||: x = 0 already has ||r|| = ||b||, so CG would stop at once.
+        raise ConfigError(
+            where,
+            f"{prefix}tol must be < 1 (a residual relative to ||b||, met by x = 0 before any "
+            f"iteration), got {tol!r}",
+        )
     if maxiter is not None:
         maxiter = require_positive_int(where, f"{prefix}maxiter", maxiter)
     return damping, tol, maxiter
 
 
-class HessianFreeState(NamedTuple):
-    """What a Hessian-free step carries: the params, the damping and the last CG solution (a warm start)."""
+def real_scalar(where: str, name: str, value: Any, **bounds: Any) -> float | jax.Array:
+    """A Python or NumPy real, or a 0-d floating array (read as its value), checked by ``require_number``.
 
-    params: Params
-    damping: jax.Array
-    direction: Params
-
-
-class HessianFreeInfo(NamedTuple):
-    """What one Hessian-free step did.
-
-    Attributes:
-      loss: the cost before the step.
-      new_loss: the cost at the proposed point.
-      reduction_ratio: rho = (new_loss - loss) / (predicted change by the quadratic model).
-      accepted: whether the step lowered the cost (otherwise the params stay).
-      cg_relative_residual: how well CG solved its system.
-      cg_iterations: the CG iterations (curvature products) the solve took.
+    A traced 0-d array (a damping inside a user's jit) cannot be read and is returned as is.
     """
-
-    loss: jax.Array
-    new_loss: jax.Array
-    reduction_ratio: jax.Array
-    accepted: jax.Array
-    cg_relative_residual: jax.Array
-    cg_iterations: jax.Array
-
-
-def make_hessian_free_step(
-    model: Layer,
-    loss: Callable[[Any, Any], jax.Array],
-    *,
-    curvature: str = "ggn",
-    cg_tol: float = 1e-4,
-    cg_maxiter: int = 50,
-) -> tuple[Callable, Callable]:
-    """A jit-compiled damped Newton step by CG (Hessian-free optimization, Martens 2010).
-
-    Each step solves (A + lambda I) d = g by ``cg_solve`` from the last d,
-    proposes theta - d, keeps it only if the cost falls, and adapts lambda by
-    the Levenberg-Marquardt rule of section 4.1: times 2/3 when the reduction
-    ratio rho > 3/4, times 3/2 when rho < 1/4.
-
-    Args:
-      model: the network.
-      loss: its mean loss ``loss(outputs, targets)``.
-      curvature: ``"ggn"`` (positive semi-definite, Martens' choice) or ``"hessian"``.
-      cg_tol: CG's relative tolerance per step.
-      cg_maxiter: CG's iteration cap per step.
-
-    Returns:
-      ``(init, step)``: ``init(params, damping=1.0) -> HessianFreeState`` and
-      ``step(state, x, y) -> (state, HessianFreeInfo)``.  The same arguments
-      give the same pair again (purenet's bounded cache), so a second call
-      compiles nothing.
-    """
-    if curvature not in ("hessian", "ggn"):
-        raise ConfigError(
-            "make_hessian_free_step", f"curvature must be 'hessian' or 'ggn', got {curvature!r}"
-        )
-    _, cg_tol, cg_maxiter = _cg_arguments("make_hessian_free_step", 0.0, cg_tol, cg_maxiter, prefix="cg_")
-    return _hessian_free_pair(model, loss, curvature, cg_tol, cg_maxiter)
-
-
-def _init_hessian_free(params: Params, damping: float = 1.0) -> HessianFreeState:
-    require_finite("make_hessian_free_step", "params", params)
-    damping = require_number("make_hessian_free_step", "damping", damping, low=0.0)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return HessianFreeState(params, jnp.asarray(damping, jnp.result_type(float)), zeros)
-
-
-@cached
-def _hessian_free_pair(model, loss, curvature, cg_tol, cg_maxiter) -> tuple[Callable, Callable]:
-    functions = model_functions(model, loss, None)
-    if curvature == "ggn":
-        kind, losses, method = "ggn", (functions.outputs, functions.loss), None
-    else:
-        kind, losses, method = "hessian", (functions.cost,), METHODS[0]
-
-    @jax.jit
-    def step(state: HessianFreeState, x, y) -> tuple[HessianFreeState, HessianFreeInfo]:
-        batch = (x, y)
-        value, grads = jax.value_and_grad(functions.cost)(state.params, batch)
-        op = CurvatureOperator(kind, losses, state.params, batch, x.shape[0], method)
-        solved, curvature_times_step = _cg(op, grads, state.direction, state.damping, cg_tol, cg_maxiter)
-        proposal = jax.tree_util.tree_map(jnp.subtract, state.params, solved.x)
-        new_value = functions.cost(proposal, batch)
-        # The quadratic model's change for the step -d: -g.d + d.(A d) / 2 (undamped A, as Martens).
-        predicted = -tree_vdot(grads, solved.x) + 0.5 * tree_vdot(solved.x, curvature_times_step)
-        rho = (new_value - value) / jnp.where(predicted < 0, predicted, -jnp.finfo(value.dtype).tiny)
-        accepted = jnp.isfinite(new_value) & (new_value < value)
-        damping = jnp.where(rho > 0.75, state.damping * 2 / 3, state.damping)
-        damping = jnp.where((rho < 0.25) | ~accepted, damping * 1.5, damping)
-        keep = lambda new, old: jnp.where(accepted, new, old)  # noqa: E731
-        params = jax.tree_util.tree_map(keep, proposal, state.params)
-        direction = jax.tree_util.tree_map(keep, solved.x, state.direction)
-        info = HessianFreeInfo(value, new_value, rho, accepted, solved.relative_residual, solved.iterations)
-        return HessianFreeState(params, damping, direction), info
-
-    return _init_hessian_free, step
+    if isinstance(value, (np.ndarray, jax.Array)):
+        if np.ndim(value) != 0 or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ConfigError(
+                where,
+                f"{name} must be a real number or a 0-d floating array, got an array of shape "
+                f"{tuple(np.shape(value))} ({value.dtype})",
+            )
+        if is_traced(value):
+            return value
+        value = float(value)
+    return require_number(where, name, value, **bounds)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from purenet.core import ConfigError
 from purenet.curvature.base import NonFiniteCurvatureError, flatten_params
-from purenet.curvature.operator import CurvatureOperator, compiled
+from purenet.curvature.operator import CurvatureOperator, compiled, require_operator
 from purenet.shapes import require_positive_int
 
 
@@ -74,6 +74,7 @@ def hutchinson_trace(
     Returns:
       A ``TraceEstimate`` with the probes' standard error.
     """
+    op = require_operator("hutchinson_trace", op)
     num_probes = require_positive_int("hutchinson_trace", "num_probes", num_probes)
     flat, _ = flatten_params(op.params)
     key = jax.random.PRNGKey(0) if key is None else key
@@ -113,6 +114,7 @@ def hutchpp_trace(
     Returns:
       A ``TraceEstimate``; its standard error is that of the residual part.
     """
+    op = require_operator("hutchpp_trace", op)
     num_matvecs = require_positive_int("hutchpp_trace", "num_matvecs", num_matvecs)
     if num_matvecs < 3:
         raise ConfigError("hutchpp_trace", f"num_matvecs must be at least 3, got {num_matvecs}")
