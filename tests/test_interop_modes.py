@@ -196,3 +196,16 @@ def test_import_star_takes_only_the_installed_adapters(monkeypatch):
     finally:
         monkeypatch.undo()
         assert "NNXModel" in importlib.reload(interop).__all__
+
+
+def test_equinox_mode_survives_plain_jax_jit(params):
+    import equinox as eqx
+
+    from purenet.interop import EquinoxModel
+
+    training = eqx.nn.inference_mode(EquinoxModel(DROPOUT, params=params), False)
+    trained = DROPOUT.apply(params, X, key=KEY, train=True)
+    np.testing.assert_allclose(jax.jit(lambda m, key: m(X, key=key))(training, KEY), trained, rtol=1e-6)
+    evaluating = eqx.nn.inference_mode(training, True)  # the flag is a traced leaf under plain jax.jit
+    np.testing.assert_allclose(jax.jit(lambda m, key: m(X, key=key))(evaluating, KEY), DROPOUT.apply(params, X),
+                               rtol=1e-6)

@@ -70,6 +70,17 @@ def call_mode(train: Any, switch: bool | None) -> Any:
     return False if switch is None else switch
 
 
+def training(flag: Any) -> Any:
+    """The host's switch read as "training": ``not flag`` (``deterministic``, ``inference``), None if unset.
+
+    A flag that ``jax.jit`` traced (Equinox's ``inference`` is a leaf of the
+    module) stays a traced boolean, which the Layer contract resolves.
+    """
+    if flag is None:
+        return None
+    return not flag if isinstance(flag, (bool, np.bool_)) else jnp.logical_not(flag)
+
+
 def may_train(train: Any) -> bool:
     """Whether a call may run in training mode: anything but a concrete False (a traced flag may)."""
     if isinstance(train, (bool, np.bool_)):

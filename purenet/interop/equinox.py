@@ -13,7 +13,7 @@ import equinox as eqx
 import jax
 
 from purenet.core import ConfigError, Layer
-from purenet.interop.base import apply_with_key_hint, call_mode, initial_params
+from purenet.interop.base import apply_with_key_hint, call_mode, initial_params, training
 
 OWNER = "EquinoxModel"
 
@@ -54,7 +54,7 @@ class EquinoxModel(eqx.Module):
                 "a key came with no mode: pass train=True (dropout draws from the key) or train=False, "
                 "or set the mode with eqx.nn.inference_mode(module, value)",
             )
-        train = call_mode(train, None if self.inference is None else not self.inference)
+        train = call_mode(train, training(self.inference))
         hint = "give key=... (Equinox passes keys explicitly)"
         params = self.params
         return apply_with_key_hint(OWNER, hint, lambda: self.model.apply(params, x, key=key, train=train))

@@ -16,6 +16,7 @@ from purenet.interop.base import (
     may_train,
     params_template,
     shape_of,
+    training,
 )
 
 OWNER = "LinenModel"
@@ -54,7 +55,7 @@ class LinenModel(nn.Module):
             given = self.get_variable("params", PARAMS_NAME)
             check_like(given, params_template(self.model, input_shape), layer=OWNER)
         params = self.param(PARAMS_NAME, self._init, input_shape)
-        train = call_mode(train, None if self.deterministic is None else not self.deterministic)
+        train = call_mode(train, training(self.deterministic))
         if key is None and may_train(train) and self.has_rng("dropout"):
             key = self.make_rng("dropout")
         hint = 'give key=..., or rngs={"dropout": key} to the apply'

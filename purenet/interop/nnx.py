@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 
 from purenet.core import InputTypeError, Layer
-from purenet.interop.base import apply_with_key_hint, call_mode, initial_params, may_train
+from purenet.interop.base import apply_with_key_hint, call_mode, initial_params, may_train, training
 
 OWNER = "NNXModel"
 
@@ -78,7 +78,7 @@ class NNXModel(nnx.Module):
 
     def __call__(self, x: Any, *, key: Any = None, train: Any = None) -> jax.Array:
         """``model.apply(params, x, key=key, train=train)``, the mode and key as the class docstring says."""
-        train = call_mode(train, None if self.deterministic is None else not self.deterministic)
+        train = call_mode(train, training(self.deterministic))
         dropout = _stream(self.rngs, "dropout")
         if key is None and dropout is not None and may_train(train):
             key = dropout()
