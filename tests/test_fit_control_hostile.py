@@ -365,3 +365,34 @@ def test_min_delta_takes_any_real_scalar(value, kind):  # 22
 def test_min_delta_still_refuses_what_is_no_finite_number_above_zero(bad):  # 22
     with pytest.raises(pn.ConfigError, match="min_delta must be a finite number >= 0"):
         pn.EarlyStopping(min_delta=bad)
+
+
+def test_a_failing_callback_still_leaves_the_epochs_checkpoint(tmp_path):
+    path = tmp_path / "run"
+
+    def fails_at_two(epoch, history, state):
+        if epoch == 2:
+            raise RuntimeError("a bug in my callback")
+
+    with pytest.raises(RuntimeError, match="a bug in my callback"):
+        run(epochs=4, checkpoint_path=str(path), callbacks=[fails_at_two])
+    assert checkpoint.read_metadata(str(path))["epoch"] == 2  # epoch 2 trained, and is kept
+
+
+def test_numpy_scalars_a_callback_records_are_saved_as_numbers(tmp_path):
+    path = tmp_path / "run"
+
+    def norms(epoch, history, state):
+        history.setdefault("w_norm", []).append(np.float32(epoch) * jnp.ones(()))
+
+    result = run(epochs=2, checkpoint_path=str(path), callbacks=[norms])
+    assert checkpoint.read_metadata(str(path))["history"]["w_norm"] == [1.0, 2.0]
+    assert len(result.history["w_norm"]) == 2
+
+
+def test_a_history_entry_no_checkpoint_can_hold_is_named(tmp_path):
+    def stores_an_object(epoch, history, state):
+        history.setdefault("mine", []).append(object())
+
+    with pytest.raises(pn.ConfigError, match=r"fit: history\['mine'\] holds a value a checkpoint cannot record"):
+        run(epochs=1, checkpoint_path=str(tmp_path / "run"), callbacks=[stores_an_object])

@@ -5,9 +5,13 @@ Split from ``purenet.train.loop`` so that module holds the loop itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from purenet.core import ConfigError
 from purenet.train.base import LEARNING_RATE, STEP_LOSS
 
 
@@ -54,9 +58,42 @@ def fits_own(name: str) -> bool:
     return name.startswith(("val_", LEARNING_RATE)) or name in ("loss", "skipped", "seconds", STEP_LOSS)
 
 
+def recordable(history: dict[str, list]) -> dict[str, list]:
+    """``history`` as a checkpoint's JSON metadata records it: NumPy and JAX scalars as Python numbers.
+
+    A callback may well record ``np.float32(...)`` or a 0-d array (a norm of
+    the params, say); JSON cannot hold those, and the save would fail after
+    the epoch with a message naming neither fit nor the name.
+
+    Raises:
+      ConfigError: naming the history key and epoch of an entry that is no
+        number, string, bool, None or list of them.
+    """
+    recorded = {}
+    for name, values in history.items():
+        recorded[name] = [_plain(entry) for entry in values] if isinstance(values, list) else _plain(values)
+        try:
+            json.dumps(recorded[name], allow_nan=True)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(
+                "fit", f"history[{name!r}] holds a value a checkpoint cannot record ({error}); a callback "
+                "records numbers, strings, bools, None or lists of them",
+            ) from None  # fmt: skip
+    return recorded
+
+
+def _plain(entry: Any) -> Any:
+    """A NumPy/JAX scalar (or 0-d array) as the Python number it holds; a list element by element."""
+    if isinstance(entry, list):
+        return [_plain(item) for item in entry]
+    if isinstance(entry, np.generic) or (hasattr(entry, "shape") and np.shape(entry) == ()):
+        return np.asarray(entry).item()
+    return entry
+
+
 def _fillers(missing: Any, count: int) -> list:
     # a fresh empty list each: one shared list appended to later would change every padded epoch
     return [list(missing) if isinstance(missing, list) else missing for _ in range(count)]
 
 
-__all__ = ["append_epoch", "fits_own", "pad_epoch"]
+__all__ = ["append_epoch", "fits_own", "pad_epoch", "recordable"]

@@ -150,9 +150,11 @@ def _train(
             _record_epoch(plan, epoch, state, outputs, hyperparams, history)
             append_epoch(history, "seconds", time.perf_counter() - started, epoch)
             pad_epoch(history, epoch + 1, only=fits_own)  # callbacks (KeepCheckpoints) see it whole
-            stop = fit_callbacks.epoch_end(callbacks, epoch + 1, history, state)
-            pad_epoch(history, epoch + 1)  # and the names callbacks record, once they have
-            _report_epoch(plan, epoch, state, key, history, bar, checkpoint_path)
+            try:
+                stop = fit_callbacks.epoch_end(callbacks, epoch + 1, history, state)
+            finally:  # a callback that raises still leaves the epoch's checkpoint: nothing trained is lost
+                pad_epoch(history, epoch + 1)  # and the names callbacks record, once they have
+                _report_epoch(plan, epoch, state, key, history, bar, checkpoint_path)
             if stop:
                 break
     finally:

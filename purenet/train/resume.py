@@ -27,6 +27,7 @@ import numpy as np
 from purenet import checkpoint
 from purenet.core import ConfigError
 from purenet.train.base import ResumeError, TrainState
+from purenet.train.history import recordable
 
 RESUME_POLICIES = ("auto", "never", "require")
 _ADVICE = "pass resume='never' to start over (overwriting it), or another checkpoint_path"
@@ -235,7 +236,7 @@ def save(
         tree,
         epoch=epochs,
         step=epochs * steps_per_epoch,
-        history=history,
+        history=recordable(history),
         configuration=config,
     )
 
