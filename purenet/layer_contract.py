@@ -111,6 +111,9 @@ def check_key(owner: str, key: Any, argument: str = "key") -> jax.Array:
         if key.dtype == np.uint32 and key.shape == raw_key_shape():
             return key
         got = f"an array of shape {tuple(key.shape)} ({key.dtype})"
+        if key.dtype == np.uint32:  # the right kind of array, the wrong implementation's shape
+            impl = jax.config.jax_default_prng_impl
+            got += f"; a raw key is uint32 of shape {raw_key_shape()} under {impl}"
     else:
         got = f"{key!r} ({type(key).__name__})"
     raise InputTypeError(

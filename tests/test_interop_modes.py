@@ -146,10 +146,10 @@ def test_linen_names_the_wrong_leaf_before_flax_does(params):
     from purenet.interop import LinenModel
 
     wide = DROPOUT.init(KEY, (-1, 5))[1]
-    wrong_width = r"LinenModel at params\[0\]\['w'\]: expected shape \(4, 8\), got \(5, 8\)"
-    with pytest.raises(pn.ParamsError, match=wrong_width):
+    wrong_width = r"at params\[0\]\['w'\]: expected shape \(4, 8\), got \(5, 8\)"
+    with pytest.raises(pn.ParamsError, match=r"LinenModel \(for inputs of shape \(-1, 4\)\) " + wrong_width):
         LinenModel(DROPOUT).apply(LinenModel(DROPOUT).wrap(wide), X)  # input_shape read off X
-    with pytest.raises(pn.ParamsError, match=wrong_width):
+    with pytest.raises(pn.ParamsError, match="LinenModel " + wrong_width):
         LinenModel(DROPOUT, (-1, 4)).wrap(wide)
     with pytest.raises(pn.ParamsError, match=r"LinenModel: expected a tuple of 4 entries, got a str"):
         LinenModel(DROPOUT, (-1, 4)).wrap("garbage")
@@ -209,3 +209,23 @@ def test_equinox_mode_survives_plain_jax_jit(params):
     evaluating = eqx.nn.inference_mode(training, True)  # the flag is a traced leaf under plain jax.jit
     np.testing.assert_allclose(jax.jit(lambda m, key: m(X, key=key))(evaluating, KEY), DROPOUT.apply(params, X),
                                rtol=1e-6)
+
+
+def test_linen_reads_one_example_under_vmap_and_refuses_a_bad_mode_flag(params):
+    import equinox as eqx
+
+    from purenet.interop import EquinoxModel, LinenModel
+
+    linen = LinenModel(DROPOUT)
+    per_example = jax.vmap(lambda xi: linen.apply(linen.wrap(params), xi))(X)
+    np.testing.assert_allclose(per_example, DROPOUT.apply(params, X), rtol=1e-6)
+    assert LinenModel(DROPOUT).init(KEY, X[0])["params"]["purenet"][0]["w"].shape == (4, 8)
+    for flag in (0, "no", 1.0):
+        with pytest.raises(pn.ConfigError, match=r"EquinoxModel: inference must be True, False or None"):
+            EquinoxModel(DROPOUT, params=params, inference=flag)(X)
+        with pytest.raises(pn.ConfigError, match=r"LinenModel: deterministic must be True, False or None"):
+            LinenModel(DROPOUT, deterministic=flag).apply(linen.wrap(params), X)
+    with pytest.raises(pn.MissingKeyError, match=r"EquinoxModel: .*use eqx.filter_jit"):
+        jax.jit(lambda m: m(X))(eqx.nn.inference_mode(EquinoxModel(DROPOUT, params=params), True))
+    np.testing.assert_array_equal(eqx.filter_jit(lambda m: m(X))(eqx.nn.inference_mode(
+        EquinoxModel(DROPOUT, params=params), True)), DROPOUT.apply(params, X))

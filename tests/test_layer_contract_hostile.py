@@ -57,7 +57,8 @@ def test_keys_follow_the_prng_implementation_in_use(impl):
         shape, params = DROPOUT.init(key, (-1, 4))
         assert shape == (-1, 3)
         assert DROPOUT.apply(params, X, key=jax.random.PRNGKey(1), train=True).shape == (5, 3)
-        with pytest.raises(pn.InputTypeError, match=r"serial: key must be a PRNG key .*got an array of shape \(2,\)"):
+        with pytest.raises(pn.InputTypeError, match=r"serial: key must be a PRNG key .*got an array of shape \(2,\) "
+                                                    r"\(uint32\); a raw key is uint32 of shape \(4,\) under"):
             DROPOUT.init(np.zeros(2, np.uint32), (-1, 4))
     finally:
         jax.config.update("jax_default_prng_impl", before)

@@ -52,10 +52,14 @@ def as_shape(shape: Any) -> Any:
 
 
 def shape_of(x: Any) -> Any:
-    """The input shape ``init`` takes for the input ``x``: its batch axis ``-1`` (a tuple of inputs: each)."""
+    """The input shape ``init`` takes for the input ``x``: its batch axis ``-1`` (a tuple of inputs: each).
+
+    A 1-d ``x`` is one example (as under ``jax.vmap``), as ``model.apply`` reads it.
+    """
     if isinstance(x, (list, tuple)):
         return tuple(shape_of(part) for part in x)
-    return (-1, *np.shape(x)[1:])
+    shape = np.shape(x)
+    return (-1, *shape) if len(shape) == 1 else (-1, *shape[1:])
 
 
 def call_mode(train: Any, switch: bool | None) -> Any:
@@ -70,15 +74,21 @@ def call_mode(train: Any, switch: bool | None) -> Any:
     return False if switch is None else switch
 
 
-def training(flag: Any) -> Any:
+def training(owner: str, name: str, flag: Any) -> Any:
     """The host's switch read as "training": ``not flag`` (``deterministic``, ``inference``), None if unset.
 
     A flag that ``jax.jit`` traced (Equinox's ``inference`` is a leaf of the
     module) stays a traced boolean, which the Layer contract resolves.
+    Anything but None, a bool or a boolean scalar is refused naming the
+    attribute: ``0`` or ``"no"`` would otherwise be read by truthiness.
     """
     if flag is None:
         return None
-    return not flag if isinstance(flag, (bool, np.bool_)) else jnp.logical_not(flag)
+    if isinstance(flag, (bool, np.bool_)):
+        return not flag
+    if np.shape(flag) == () and getattr(flag, "dtype", None) == np.bool_:
+        return jnp.logical_not(flag)
+    raise ConfigError(owner, f"{name} must be True, False or None (unset), got {flag!r}")
 
 
 def may_train(train: Any) -> bool:

@@ -54,7 +54,8 @@ class EquinoxModel(eqx.Module):
                 "a key came with no mode: pass train=True (dropout draws from the key) or train=False, "
                 "or set the mode with eqx.nn.inference_mode(module, value)",
             )
-        train = call_mode(train, training(self.inference))
-        hint = "give key=... (Equinox passes keys explicitly)"
+        train = call_mode(train, training(OWNER, "inference", self.inference))
+        # Under plain jax.jit the inference flag is traced, so both modes compile and training needs a key.
+        hint = "give key=..., or under a transformation use eqx.filter_jit, which keeps the flag static"
         params = self.params
         return apply_with_key_hint(OWNER, hint, lambda: self.model.apply(params, x, key=key, train=train))

@@ -52,10 +52,11 @@ class LinenModel(nn.Module):
         """``model.apply(params, x, key=key, train=train)`` with the module's params."""
         input_shape = as_shape(self.input_shape) if self.input_shape is not None else shape_of(x)
         if self.has_variable("params", PARAMS_NAME):  # refused by name before Flax's unnamed shape check
-            given = self.get_variable("params", PARAMS_NAME)
-            check_like(given, params_template(self.model, input_shape), layer=OWNER)
+            owner = f"{OWNER} (for inputs of shape {input_shape})"  # the input may be what is wrong
+            template = params_template(self.model, input_shape)
+            check_like(self.get_variable("params", PARAMS_NAME), template, layer=owner)
         params = self.param(PARAMS_NAME, self._init, input_shape)
-        train = call_mode(train, training(self.deterministic))
+        train = call_mode(train, training(OWNER, "deterministic", self.deterministic))
         if key is None and may_train(train) and self.has_rng("dropout"):
             key = self.make_rng("dropout")
         hint = 'give key=..., or rngs={"dropout": key} to the apply'

@@ -78,7 +78,7 @@ class NNXModel(nnx.Module):
 
     def __call__(self, x: Any, *, key: Any = None, train: Any = None) -> jax.Array:
         """``model.apply(params, x, key=key, train=train)``, the mode and key as the class docstring says."""
-        train = call_mode(train, training(self.deterministic))
+        train = call_mode(train, training(OWNER, "deterministic", self.deterministic))
         dropout = _stream(self.rngs, "dropout")
         if key is None and dropout is not None and may_train(train):
             key = dropout()
