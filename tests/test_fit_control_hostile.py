@@ -396,3 +396,58 @@ def test_a_history_entry_no_checkpoint_can_hold_is_named(tmp_path):
 
     with pytest.raises(pn.ConfigError, match=r"fit: history\['mine'\] holds a value a checkpoint cannot record"):
         run(epochs=1, checkpoint_path=str(tmp_path / "run"), callbacks=[stores_an_object])
+
+
+def test_a_checkpoint_from_before_per_group_rates_says_so_not_that_the_run_differs(tmp_path):
+    path = tmp_path / "run"
+    run(optimizer=two_groups(0.1, 0.001), checkpoint_path=path)
+    like = {"params": PARAMS, "opt_state": two_groups(0.1, 0.001).init(PARAMS), "key": KEY}
+    tree, meta = checkpoint.load(path, like=like)
+    meta["configuration"]["hyperparams"] = {"learning_rate": 0.001}  # how the merged names recorded it
+    checkpoint.save(path, tree, **meta)
+    with pytest.raises(pn.ResumeError, match=r"records one learning_rate where this run injects one per group: "
+                                             r"learning_rate/b, learning_rate/w; it was written before"):
+        run(epochs=3, optimizer=two_groups(0.1, 0.001), checkpoint_path=path)
+
+
+def test_keep_checkpoints_added_on_resume_counts_the_resumed_best(tmp_path, capsys):
+    path, kept = tmp_path / "run", tmp_path / "kept"
+    flipped = (X, 1 - Y)  # the validation loss rises as training fits Y: epoch 1 is the best
+    first = run(epochs=2, checkpoint_path=path, validation=flipped, optimizer=optax.sgd(0.5))
+    keep = pn.KeepCheckpoints(kept, last=None, best="val_loss")
+    result = run(epochs=4, checkpoint_path=path, validation=flipped, optimizer=optax.sgd(0.5), callbacks=[keep])
+    losses = result.history["val_loss"]
+    assert losses[:2] == first.history["val_loss"] and np.argmin(losses) == 0
+    assert keep.best_epoch == 1 and keep.best_path is None  # not this run's epoch 3 or 4
+    assert not (kept / "best.npz").exists()
+    assert "the resumed epochs' best is epoch 1" in capsys.readouterr().err
+
+
+def test_a_callable_object_with_other_hooks_is_still_called_each_epoch():
+    class Counter:
+        def __init__(self):
+            self.epochs, self.ended = [], False
+
+        def __call__(self, epoch, history, state):
+            self.epochs.append(epoch)
+
+        def on_train_end(self, history, state):
+            self.ended = True
+
+    counter = Counter()
+    run(epochs=3, callbacks=[counter])
+    assert counter.epochs == [1, 2, 3] and counter.ended
+
+
+@pytest.mark.parametrize(("metric", "message"), [
+    (lambda o, t: o, r"metrics\['m'\] must return a scalar, got an array of shape \(1, 2\)"),
+    (lambda o: o.sum(), r"metrics\['m'\] cannot be computed as fn\(outputs, targets\).*TypeError"),
+    (lambda o, t: float(o.sum()), r"metrics\['m'\] cannot be computed .*ConcretizationTypeError"),
+])
+def test_a_metric_that_cannot_give_a_scalar_is_refused_before_training(tmp_path, metric, message):
+    recorder = Recorder()
+    with pytest.raises(pn.ConfigError, match=f"fit: {message}"):
+        run(validation=(X, Y), metrics={"m": metric}, callbacks=[recorder], checkpoint_path=tmp_path / "run")
+    assert recorder.epochs == [] and not checkpoint.exists(tmp_path / "run")
+    with pytest.raises(pn.ConfigError, match=f"evaluate: {message}"):
+        pn.evaluate(MODEL, PARAMS, X, Y, loss=pn.softmax_cross_entropy, metrics={"m": metric})

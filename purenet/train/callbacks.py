@@ -282,7 +282,7 @@ def _check_callback(index: int, callback: Any) -> None:
         if not callable(method):
             raise ConfigError("fit", f"{where}.{name} must be a method, got {type(method).__name__}")
         _require_arguments(f"{where}.{name}", method, HOOKS[name])
-    if hooks:
+    if "on_epoch_end" in hooks or (hooks and not callable(callback)):
         return
     if not callable(callback):
         raise ConfigError(
@@ -369,13 +369,15 @@ def end(callbacks: tuple, history: dict, state: TrainState) -> TrainState:
 
 
 def _epoch_method(callback: Any) -> Callable | None:
+    """What fit calls at each epoch's end: ``on_epoch_end``, else the callback itself where callable.
+
+    A callable object with only ``on_train_begin``/``on_train_end`` is still
+    called each epoch: skipping its ``__call__`` would be silent.
+    """
     method = getattr(callback, "on_epoch_end", None)
     if callable(method):
         return method
-    hooks = ("on_train_begin", "on_train_end")
-    if callable(callback) and not any(hasattr(callback, hook) for hook in hooks):
-        return callback
-    return None
+    return callback if callable(callback) else None
 
 
 def _name(callback: Any) -> str:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from purenet.compiled import cached
-from purenet.core import ConfigError, Layer, ShapeError
+from purenet.core import ConfigError, Layer, PurenetError, ShapeError, describe_tree
 from purenet.data import check_arrays, check_labels
 from purenet.loss_targets import as_targets, integer_labels, loss_outputs
 from purenet.precision import Policy, mixed_precision
@@ -103,7 +103,9 @@ def evaluate(
     if classes is not None:
         check_labels("evaluate", y, classes)
     batch_size = require_positive_int("evaluate", "batch_size", batch_size)
-    compute = _evaluator(model, loss, check_metrics("evaluate", metrics), policy)
+    metrics = check_metrics("evaluate", metrics)
+    trace_metrics("evaluate", model, params, metrics, x, y)
+    compute = _evaluator(model, loss, metrics, policy)
     return _evaluate_batches(compute, params, x, y, batch_size)
 
 
@@ -135,6 +137,33 @@ def check_metrics(who: str, metrics: Any) -> tuple[tuple[str, Metric], ...]:
                 who, f"metrics[{name!r}] must be a function (outputs, targets) -> scalar, got {got}"
             )
     return tuple(metrics.items())
+
+
+def trace_metrics(who: str, model: Layer, params: Any, metrics: tuple, x: Any, y: Any) -> None:
+    """Trace each metric on one example (shapes only): refused now, naming it, unless it returns a scalar.
+
+    A metric of the wrong arity, one that cannot be traced (``float()`` of a
+    tracer) or one returning a vector would otherwise fail inside JAX, and
+    in ``fit`` only after an epoch has trained.
+
+    Args:
+      who: the function checking (``"fit"``, ``"evaluate"``).
+      model, params: the network and its params.
+      metrics: ``check_metrics``' pairs.
+      x, y: data the metrics are computed on (one example is traced).
+    """
+    for name, fn in metrics:
+        try:
+            value = jax.eval_shape(lambda p, xb, yb, fn=fn: fn(model.apply(p, xb), yb), params, x[:1], y[:1])
+        except PurenetError:
+            raise
+        except Exception as error:  # any failure of the user's function is named, never bare
+            raise ConfigError(
+                who, f"metrics[{name!r}] cannot be computed as fn(outputs, targets) under jax.jit: "
+                f"{type(error).__name__}: {error}",
+            ) from error  # fmt: skip
+        if not (hasattr(value, "shape") and value.shape == ()):
+            raise ConfigError(who, f"metrics[{name!r}] must return a scalar, got {describe_tree(value)}")
 
 
 @cached
@@ -169,4 +198,4 @@ def _evaluate_batches(compute: Callable, params: Any, x, y, batch_size: int) -> 
     return {name: total / len(x) for name, total in totals.items()}
 
 
-__all__ = ["accuracy", "binary_accuracy", "check_metrics", "evaluate"]
+__all__ = ["accuracy", "binary_accuracy", "check_metrics", "evaluate", "trace_metrics"]

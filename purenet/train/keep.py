@@ -179,16 +179,33 @@ class KeepCheckpoints:
         """Take over the resumed run's own best.npz; mark any other stale, saying why where fit resumed."""
         path = self.directory / BEST_FILE
         self.best_path = self.best_epoch = self._best = None
-        if not path.is_file():
+        if path.is_file():
+            meta = self._checkpoint_metadata(path)
+            reason = self._foreign_best(meta, history, resumed)
+            if reason is None:
+                self.best_path, self.best_epoch, self._best = path, meta["epoch"], float(meta["value"])
+                return
+            self._stale.append(path)
+            if resumed and self.monitor is not None:
+                _say(f"fit: {self!r} does not resume from {os.fspath(path)!r}: {reason}")
+        self._resumed_best(history, resumed)
+
+    def _resumed_best(self, history: dict, resumed: int) -> None:
+        """The resumed epochs' best, with no file of it: this run's epochs must beat it to be written best.
+
+        Otherwise a ``KeepCheckpoints`` added on resume would call this run's
+        best the run's best, although an earlier epoch was better.
+        """
+        if self.monitor is None or not resumed:
             return
-        meta = self._checkpoint_metadata(path)
-        reason = self._foreign_best(meta, history, resumed)
-        if reason is None:
-            self.best_path, self.best_epoch, self._best = path, meta["epoch"], float(meta["value"])
+        index, value = self.monitor.best_of(history.get(self.monitor.name, [])[:resumed])
+        if index is None:
             return
-        self._stale.append(path)
-        if resumed and self.monitor is not None:
-            _say(f"fit: {self!r} does not resume from {os.fspath(path)!r}: {reason}")
+        self.best_epoch, self._best = index + 1, value
+        _say(
+            f"fit: {self!r}: by {self.monitor.name} the resumed epochs' best is epoch {index + 1} "
+            f"({value:.6g}), whose params were not kept; {BEST_FILE} is written when this run beats it"
+        )
 
     def _foreign_best(self, meta: dict, history: dict, resumed: int) -> str | None:
         """Why ``best.npz`` is not the resumed run's best by this monitor, or None where it is."""

@@ -52,7 +52,13 @@ from purenet.train.base import (
     StepOutput,
     TrainState,
 )
-from purenet.train.evaluation import _evaluate_batches, _evaluator, check_metrics, label_classes
+from purenet.train.evaluation import (
+    _evaluate_batches,
+    _evaluator,
+    check_metrics,
+    label_classes,
+    trace_metrics,
+)
 from purenet.train.history import append_epoch, fits_own, pad_epoch
 from purenet.train.inputs import (
     _check_shapes_before_training,
@@ -234,6 +240,7 @@ def _prepare(
     _check_shapes_before_training(model, params, x, y, loss)
     if validation is not None:
         validation = _check_validation(validation, x, y, classes)
+        trace_metrics("fit", model, params, metrics, *validation)
     policy = None if policy is None else check_policy(policy)
 
     replicated = batch_sharding = None

@@ -144,17 +144,25 @@ def _differences(recorded: dict, current: dict) -> list[str]:
             if key == "batch_size":
                 what += f" ({recorded.get(key)!r} saved, {current[key]!r} now)"
             elif key == "hyperparams":
-                saved, now = recorded.get(key) or {}, current[key]
-                changed = sorted(n for n in set(saved) | set(now) if saved.get(n) != now.get(n))
-                what += (
-                    " ("
-                    + ", ".join(f"{n}: {_g(saved.get(n))} saved, {_g(now.get(n))} now" for n in changed)
-                    + ")"
-                )
+                what += _hyperparams_difference(recorded.get(key) or {}, current[key])
             elif key == "params":
                 what += _first_leaf_difference(recorded.get(key) or [], current[key])
             differ.append(what)
     return differ
+
+
+def _hyperparams_difference(saved: dict, now: dict) -> str:
+    """Which injected hyperparameters changed; or that the checkpoint predates per-group names."""
+    renamed = sorted(n for n in saved if n not in now and any(m.startswith(n + "/") for m in now))
+    if renamed:  # one merged value then, one per optax group now: not comparable, and not a change of run
+        groups = ", ".join(sorted(m for m in now if m.split("/")[0] in renamed))
+        return (
+            f" (the checkpoint records one {', '.join(renamed)} where this run injects one per group: "
+            f"{groups}; it was written before purenet named each group's value, so the two cannot be "
+            "compared; keep it and give this run another checkpoint_path)"
+        )
+    changed = sorted(n for n in set(saved) | set(now) if saved.get(n) != now.get(n))
+    return " (" + ", ".join(f"{n}: {_g(saved.get(n))} saved, {_g(now.get(n))} now" for n in changed) + ")"
 
 
 def _g(value: Any) -> str:
