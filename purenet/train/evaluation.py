@@ -148,7 +148,8 @@ def trace_metrics(who: str, model: Layer, params: Any, metrics: tuple, x: Any, y
 
     Args:
       who: the function checking (``"fit"``, ``"evaluate"``).
-      model, params: the network and its params.
+      model: the network.
+      params: its params.
       metrics: ``check_metrics``' pairs.
       x, y: data the metrics are computed on (one example is traced).
     """
