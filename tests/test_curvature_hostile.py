@@ -140,6 +140,20 @@ def test_krylov_methods_refuse_a_function_for_the_operator(call):
         call(f, gradient())
 
 
+@pytest.mark.parametrize(
+    "model, loss, message",
+    [
+        (LINEAR, "mse", r"loss must be callable as loss\(outputs, targets\) .* got a str"),
+        (lambda p, x: x, pn.mean_squared_error, r"model must be a purenet Layer .* got a function"),
+        (LINEAR_PARAMS, pn.mean_squared_error, r"model must be a purenet Layer"),
+    ],
+)
+def test_make_hessian_free_step_refuses_a_model_or_loss_of_the_wrong_kind(model, loss, message):
+    # Before: both returned a pair whose first step failed with a bare TypeError or AttributeError.
+    with pytest.raises(pn.ConfigError, match=rf"make_hessian_free_step: {message}"):
+        pn.make_hessian_free_step(model, loss)
+
+
 def test_hessian_free_step_refuses_params_for_its_state():
     _, step = hessian_free()
     with pytest.raises(pn.ConfigError, match=r"hessian-free step: state must be the HessianFreeState"):
@@ -159,12 +173,22 @@ def test_cg_solve_takes_a_0d_floating_damping_as_the_state_carries_it():
     np.testing.assert_allclose(float(as_array.residual_norm), float(as_float.residual_norm), rtol=1e-6)
 
 
-@pytest.mark.parametrize("damping", [jnp.ones(2), jnp.asarray(1), np.array([0.1])])
+@pytest.mark.parametrize("damping", [jnp.ones(2), jnp.asarray(True), np.array(True), np.array([0.1])])
 def test_cg_solve_refuses_a_damping_array_that_is_not_a_real_scalar(damping):
     with pytest.raises(
-        pn.ConfigError, match=r"cg_solve: damping must be a real number or a 0-d floating array"
+        pn.ConfigError, match=r"cg_solve: damping must be a real number or a 0-d integer or floating array"
     ):
         pn.cg_solve(operator(), gradient(), damping=damping)
+
+
+@pytest.mark.parametrize("damping", [np.array(1), jnp.asarray(1), np.int64(1)])
+def test_cg_solve_takes_a_0d_integer_damping_as_it_takes_the_python_int(damping):
+    # Before: np.array(1) was refused while damping=1 was accepted.
+    op, g = operator(), gradient()
+    as_array = pn.cg_solve(op, g, damping=damping, maxiter=5)
+    as_int = pn.cg_solve(op, g, damping=1, maxiter=5)
+    assert int(as_array.iterations) == int(as_int.iterations)
+    np.testing.assert_allclose(float(as_array.residual_norm), float(as_int.residual_norm), rtol=1e-6)
 
 
 @settings(max_examples=10, deadline=None)
@@ -172,6 +196,21 @@ def test_cg_solve_refuses_a_damping_array_that_is_not_a_real_scalar(damping):
 def test_cg_solve_refuses_a_relative_tolerance_of_one_or_more(tol):
     with pytest.raises(pn.ConfigError, match=r"cg_solve: tol must be < 1"):
         pn.cg_solve(operator(), gradient(), damping=0.1, tol=tol)
+
+
+@pytest.mark.parametrize(
+    "bad", ["b", "x0", (np.nan, 1e-5), (-1.0, 1e-5), (np.inf, 1e-5), (0.1, 2.0), (0.1, 0.0)]
+)
+def test_cg_solve_under_a_users_jit_reports_bad_arguments_in_its_result(bad):
+    # Before: a NaN b (or NaN damping) gave x exactly 0, a negative damping converged=True, tol=2 passed.
+    op, g = operator(), gradient()
+    nan = jax.tree_util.tree_map(lambda leaf: leaf.at[0].set(jnp.nan), g)
+    if isinstance(bad, tuple):
+        result = jax.jit(lambda d, t: pn.cg_solve(op, g, damping=d, tol=t))(*bad)
+    else:
+        result = jax.jit(lambda v: pn.cg_solve(op, **{"b": g, "x0": None, bad: v}, damping=0.1))(nan)
+    assert all(bool(jnp.all(jnp.isnan(leaf))) for leaf in jax.tree_util.tree_leaves(result.x))
+    assert not bool(result.converged) and np.isnan(float(result.relative_residual))
 
 
 def test_cg_solve_blames_a_nan_start_on_x0():
@@ -203,7 +242,10 @@ BAD_DENSITIES = [
     (GOOD._replace(weights=np.array([[1.5, -0.5]])), pn.DataError, r"weights must be >= 0"),
     (GOOD._replace(weights=np.zeros((1, 2))), pn.DataError, r"weights must sum to 1 .* got sums from 0 to 0"),
     (GOOD._replace(nodes=np.array([[-1e308, 1e308]])), pn.DataError, r"span \[-1e\+308, 1e\+308\]"),
-    (GOOD._replace(dim=0), pn.ConfigError, r"dim must be a positive integer"),
+    *[
+        (GOOD._replace(dim=dim), pn.ConfigError, r"dim must be a positive integer")
+        for dim in (0, np.array(0), 2.0, np.array(2.0), True, jnp.asarray(True), np.array([2]))
+    ],
 ]
 
 
@@ -241,6 +283,19 @@ def test_a_valid_hand_built_density_integrates_to_one_and_lists_are_accepted(pro
     grid = np.linspace(-6, 6, 4001)
     assert density.evaluate(grid, 0.2).sum() * (grid[1] - grid[0]) == pytest.approx(1.0, abs=1e-6)
     assert density.moment(0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("convert", ["numpy", "jax", "checkpoint"])
+def test_a_density_whose_dim_became_a_0d_integer_array_is_read(convert, tmp_path):
+    # Before: tree_map(np.asarray, d), jnp.asarray or a checkpoint round trip gave dim=array(2), refused.
+    if convert == "checkpoint":
+        pn.checkpoint.save(tmp_path / "density", GOOD)
+        density = pn.checkpoint.load(tmp_path / "density", GOOD)[0]
+    else:
+        density = jax.tree_util.tree_map(np.asarray if convert == "numpy" else jnp.asarray, GOOD)
+    assert np.ndim(density.dim) == 0 and not isinstance(density.dim, int)
+    assert density.moment(1) == GOOD.moment(1) == pytest.approx(0.5)
+    np.testing.assert_allclose(density.evaluate([0.0, 1.0]), GOOD.evaluate([0.0, 1.0]))
 
 
 def test_moment_refuses_a_power_that_is_not_a_non_negative_integer():
@@ -316,3 +371,27 @@ def test_cg_solve_and_the_hessian_free_step_run_under_a_users_trace():
         length=3,
     )
     assert np.all(np.isfinite(np.asarray(losses))) and float(losses[-1]) < float(losses[0])
+
+
+def _loss(params):
+    return pn.softmax_cross_entropy(CLASSIFIER.apply(params, X), Y)
+
+
+KRYLOV = [
+    ("lanczos", lambda op, key=None: pn.lanczos(op, k=2, key=key).values),
+    ("spectral_density", lambda op, key=None: pn.spectral_density(op, num_probes=1, key=key).nodes),
+    ("hutchinson_trace", lambda op, key=None: pn.hutchinson_trace(op, num_probes=2, key=key).value),
+    ("hutchpp_trace", lambda op, key=None: pn.hutchpp_trace(op, num_matvecs=3, key=key).value),
+]
+
+
+@pytest.mark.parametrize("name, method", KRYLOV, ids=[name for name, _ in KRYLOV])
+def test_krylov_methods_under_a_users_jit_say_to_call_them_outside(name, method):
+    # Before: a bare jax.errors.TracerBoolConversionError from deep inside the method.
+    message = rf"{name}: op is traced .* runs its own compiled loop .* call it outside jax.jit"
+    with pytest.raises(pn.ConfigError, match=message):
+        jax.jit(lambda p: method(pn.hessian_operator(_loss, p)))(CLASSIFIER_PARAMS)
+    with pytest.raises(pn.ConfigError, match=message):
+        jax.jit(method)(operator())
+    with pytest.raises(pn.ConfigError, match=rf"{name}: key is traced"):
+        jax.jit(lambda key: method(operator(), key))(KEY)

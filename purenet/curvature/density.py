@@ -20,7 +20,7 @@ import numpy as np
 from purenet.core import ConfigError, ShapeError
 from purenet.curvature.base import NonFiniteCurvatureError, flatten_params
 from purenet.curvature.eigen import initial_state, krylov_sizes, lanczos_step, tridiagonal
-from purenet.curvature.operator import CurvatureOperator, compiled, require_operator
+from purenet.curvature.operator import CurvatureOperator, compiled, require_host_call, require_operator
 from purenet.shapes import require_positive_int
 from purenet.validate import DataError, is_traced, require_number
 
@@ -115,10 +115,28 @@ def checked_density(where: str, density: SpectralDensity, name: str = "") -> tup
             where, f"the nodes of {label} span [{nodes.min():g}, {nodes.max():g}], a range that overflows"
         )
     _check_weights(where, prefix, weights, getattr(density.weights, "dtype", np.float64))
-    dim = density.dim
-    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ConfigError(where, f"{prefix}dim must be a positive integer (P), got {dim!r}")
+    checked_dim(where, prefix + "dim", density.dim)
     return nodes, weights
+
+
+def checked_dim(where: str, field: str, dim: Any) -> int:
+    """A density's P as an int: a positive Python or NumPy integer, or a concrete 0-d integer array.
+
+    A checkpoint round trip, ``tree_map(np.asarray, density)`` or
+    ``jnp.asarray`` turn the int into a 0-d array: the same P, so accepted.
+
+    Args:
+      where: the function reading the density, for the message.
+      field: how the message names the field (``"dim"``, ``"densities['a'].dim"``).
+      dim: the value.
+    """
+    if is_traced(dim):
+        raise ConfigError(where, f"{field} is traced: a SpectralDensity is read on the host, outside jax.jit")
+    if isinstance(dim, (np.ndarray, jax.Array)) and dim.ndim == 0 and jnp.issubdtype(dim.dtype, jnp.integer):
+        dim = int(dim)  # bool arrays are not integer-typed, so they stay refused below
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ConfigError(where, f"{field} must be a positive integer (P), got {dim!r}")
+    return int(dim)
 
 
 def _field(where: str, field: str, value: Any) -> np.ndarray:
@@ -208,8 +226,13 @@ def spectral_density(
 
     Returns:
       A ``SpectralDensity``; plot it with ``plot_spectral_density``.
+
+    Raises:
+      ConfigError: num_probes or num_iterations out of range, or a call
+        inside ``jax.jit`` (the loop's flags are read on the host).
     """
     op = require_operator("spectral_density", op)
+    require_host_call("spectral_density", op, key=key)
     num_probes = require_positive_int("spectral_density", "num_probes", num_probes)
     if num_iterations is None:
         num_iterations = min(op.dim, 80)

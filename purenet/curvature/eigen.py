@@ -32,7 +32,7 @@ from purenet.curvature.base import (
     flatten_params,
     require_finite,
 )
-from purenet.curvature.operator import CurvatureOperator, compiled, require_operator
+from purenet.curvature.operator import CurvatureOperator, compiled, require_host_call, require_operator
 from purenet.shapes import require_positive_int
 
 # --------------------------------------------------------------------------
@@ -347,11 +347,13 @@ def lanczos(
       Ritz value can still be short of the top one.
 
     Raises:
-      ConfigError: k or max_iterations out of range, or an unknown ``which``.
+      ConfigError: k or max_iterations out of range, an unknown ``which``, or
+        a call inside ``jax.jit`` (traced params, data, key or v0).
       ParamsError: a ``v0`` not shaped like the params (names the first mismatching leaf).
       NonFiniteCurvatureError: a product held NaN or inf (names the step).
     """
     op = require_operator("lanczos", op)
+    require_host_call("lanczos", op, key=key, v0=v0)
     k, max_iterations = krylov_sizes("lanczos", op.dim, k, max_iterations)
     if which not in ("top", "bottom"):
         raise ConfigError("lanczos", f"which must be 'top' or 'bottom', got {which!r}")

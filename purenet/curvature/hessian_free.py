@@ -85,8 +85,8 @@ def make_hessian_free_step(
     counts as rho > 3/4.
 
     Args:
-      model: the network.
-      loss: its mean loss ``loss(outputs, targets)``.
+      model: the network, a purenet ``Layer``.
+      loss: its mean loss, a callable ``loss(outputs, targets)``.
       curvature: ``"ggn"`` (positive semi-definite, Martens' choice) or ``"hessian"``.
       cg_tol: CG's relative tolerance per step, in (0, 1).
       cg_maxiter: CG's iteration cap per step.
@@ -99,16 +99,34 @@ def make_hessian_free_step(
       second call compiles nothing.
 
     Raises:
-      ConfigError: from ``init``, a damping outside [1e-8, 1e8]; from
+      ConfigError: ``model`` not a purenet ``Layer`` or ``loss`` not callable;
+        from ``init``, a damping outside [1e-8, 1e8]; from
         ``step``, a state that is not ``init``'s ``HessianFreeState``.
       NonFiniteCurvatureError: from ``step``, ``x`` or ``y`` holding NaN or
         inf, or a loss that is not finite at the state's params.
       DataError: from ``step``, class labels ``y`` outside [0, classes).
     """
+    _check_model_and_loss(model, loss)
     if curvature not in ("hessian", "ggn"):
         raise ConfigError(WHERE, f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
     _, cg_tol, cg_maxiter = cg_arguments(WHERE, 0.0, cg_tol, cg_maxiter, prefix="cg_")
     return _hessian_free_pair(model, loss, curvature, cg_tol, cg_maxiter)
+
+
+def _check_model_and_loss(model: Any, loss: Any) -> None:
+    """A purenet Layer and a callable loss, checked here: the step would fail on them with bare errors."""
+    if not isinstance(model, Layer):
+        raise ConfigError(
+            WHERE,
+            "model must be a purenet Layer (pn.Dense, say), whose apply(params, x) the "
+            f"step calls, got {describe_tree(model)}",
+        )
+    if not callable(loss):
+        raise ConfigError(
+            WHERE,
+            "loss must be callable as loss(outputs, targets) -> scalar (pn.mean_squared_error, say), "
+            f"got {describe_tree(loss)} ({loss!r:.40})",
+        )
 
 
 def _init_hessian_free(params: Params, damping: float = 1.0) -> HessianFreeState:

@@ -325,6 +325,30 @@ def require_operator(where: str, op: Any) -> CurvatureOperator:
     return op
 
 
+def require_host_call(where: str, op: CurvatureOperator, **arguments: Any) -> None:
+    """Refuse a traced ``op`` (its params or data) or argument: the Krylov methods cannot run under a trace.
+
+    ``lanczos``, ``spectral_density`` and the trace estimators run their own
+    compiled loops and read their flags on the host (to grow the basis, to
+    raise on a non-finite product, to return Python floats), which a tracer
+    cannot give; without this a user's ``jax.jit`` ends in a bare
+    ``TracerBoolConversionError``.  ``cg_solve`` does run under a trace.
+
+    Args:
+      where: the Krylov method, for the message.
+      op: the operator, already checked by ``require_operator``.
+      **arguments: the method's other array arguments by name (``key``, ``v0``).
+    """
+    for name, value in {"op": (op.params, op.data), **arguments}.items():
+        if is_traced(value):
+            raise ConfigError(
+                where,
+                f"{name} is traced (called inside jax.jit, vmap or grad?), but {where} runs its own "
+                "compiled loop and returns host values (Python floats and bools): call it outside "
+                "jax.jit, on concrete params and data",
+            )
+
+
 class ModelFunctions(NamedTuple):
     """A model's cost, outputs and loss of outputs, each ``(params or outputs, batch)`` with batch (x, y)."""
 

@@ -91,7 +91,36 @@ def cg_and_product(op, b, x0, damping, tol, maxiter) -> tuple[CGResult, Params]:
 
 
 def _cg_result(op, b, x0, damping, tol, maxiter) -> CGResult:
-    return cg_and_product(op, b, x0, damping, tol, maxiter)[0]
+    result = cg_and_product(op, b, x0, damping, tol, maxiter)[0]
+    return _honest(result, _arguments_valid(b, x0, damping, tol))
+
+
+def _arguments_valid(b, x0, damping, tol) -> jax.Array:
+    """Whether b and x0 are finite, damping finite >= 0 and tol in (0, 1), as one traced flag.
+
+    ``cg_solve`` refuses each of these on the host; under a user's jit the
+    values are traced and cannot be read there, so the flag travels with the result.
+    """
+    leaves = jax.tree_util.tree_leaves((b, x0))  # x0 None: no leaves
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+    damping_ok = jnp.isfinite(damping) & (damping >= 0)
+    return finite & damping_ok & (tol > 0) & (tol < 1)
+
+
+def _honest(result: CGResult, valid: jax.Array) -> CGResult:
+    """``result`` with x and the residuals NaN and ``converged`` False where the arguments were not valid.
+
+    A NaN b makes CG's stop test false at once, so without this x would come
+    back exactly x0 (0) and look like an answer; a negative damping would
+    report convergence on an indefinite system.
+    """
+    spoil = lambda a: jnp.where(valid, a, jnp.nan).astype(a.dtype)  # noqa: E731
+    return result._replace(
+        x=jax.tree_util.tree_map(spoil, result.x),
+        residual_norm=spoil(result.residual_norm),
+        relative_residual=spoil(result.relative_residual),
+        converged=result.converged & valid,
+    )
 
 
 def cg_solve(
@@ -117,13 +146,16 @@ def cg_solve(
       op: a ``CurvatureOperator``.
       b: the right-hand side, in the params' structure.
       damping: lambda >= 0, the Levenberg-Marquardt term: a Python or NumPy
-        real, or a 0-d floating array (a ``HessianFreeState``'s own damping).
+        real, or a 0-d integer or floating array (a ``HessianFreeState``'s own damping).
       tol: relative residual ||r|| / ||b|| at which CG stops, in (0, 1).
       maxiter: the most CG iterations (default 10 P, jax's own).
       x0: a warm start (Martens 2010 section 4.5 starts from the last step).
 
     Returns:
-      A ``CGResult``; check ``converged``.
+      A ``CGResult``; check ``converged``.  Under your own ``jax.jit`` the
+      arguments are traced and cannot be refused here: a non-finite ``b`` or
+      ``x0``, a negative or non-finite damping, or a tol outside (0, 1) then
+      gives x (every leaf) and the residuals NaN and ``converged`` False.
 
     Raises:
       ConfigError: ``op`` not a ``CurvatureOperator``; a damping, tol or maxiter out of range.
@@ -168,18 +200,29 @@ def cg_arguments(
 
 
 def real_scalar(where: str, name: str, value: Any, **bounds: Any) -> float | jax.Array:
-    """A Python or NumPy real, or a 0-d floating array (read as its value), checked by ``require_number``.
+    """A Python or NumPy real, or a 0-d integer or floating array (read as its value), range-checked.
 
-    A traced 0-d array (a damping inside a user's jit) cannot be read and is returned as is.
+    The value read is checked by ``require_number``.
+
+    A traced 0-d array (a damping inside a user's jit) cannot be read and is
+    returned as is; ``cg_solve`` then reports a bad one in its result.
+
+    Args:
+      where: the function checking, for the message.
+      name: the argument's name, for the message.
+      value: the argument.
+      **bounds: ``require_number``'s range (``low``, ``low_open``, ...).
     """
     if isinstance(value, (np.ndarray, jax.Array)):
-        if np.ndim(value) != 0 or not jnp.issubdtype(value.dtype, jnp.floating):
+        # np.array(1) is the number 1, as the Python 1 that is accepted; a bool array is not a number.
+        real = jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+        if np.ndim(value) != 0 or not real:
             raise ConfigError(
                 where,
-                f"{name} must be a real number or a 0-d floating array, got an array of shape "
-                f"{tuple(np.shape(value))} ({value.dtype})",
+                f"{name} must be a real number or a 0-d integer or floating array, got an array of "
+                f"shape {tuple(np.shape(value))} ({value.dtype})",
             )
         if is_traced(value):
             return value
-        value = float(value)
+        value = float(value) if jnp.issubdtype(value.dtype, jnp.floating) else int(value)
     return require_number(where, name, value, **bounds)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from purenet.core import ConfigError
 from purenet.curvature.base import NonFiniteCurvatureError, flatten_params
-from purenet.curvature.operator import CurvatureOperator, compiled, require_operator
+from purenet.curvature.operator import CurvatureOperator, compiled, require_host_call, require_operator
 from purenet.shapes import require_positive_int
 
 
@@ -73,8 +73,13 @@ def hutchinson_trace(
 
     Returns:
       A ``TraceEstimate`` with the probes' standard error.
+
+    Raises:
+      ConfigError: a count out of range, or a call inside ``jax.jit`` (the
+        estimate is returned as Python floats, read on the host).
     """
     op = require_operator("hutchinson_trace", op)
+    require_host_call("hutchinson_trace", op, key=key)
     num_probes = require_positive_int("hutchinson_trace", "num_probes", num_probes)
     flat, _ = flatten_params(op.params)
     key = jax.random.PRNGKey(0) if key is None else key
@@ -113,8 +118,13 @@ def hutchpp_trace(
 
     Returns:
       A ``TraceEstimate``; its standard error is that of the residual part.
+
+    Raises:
+      ConfigError: a count out of range, or a call inside ``jax.jit`` (the
+        estimate is returned as Python floats, read on the host).
     """
     op = require_operator("hutchpp_trace", op)
+    require_host_call("hutchpp_trace", op, key=key)
     num_matvecs = require_positive_int("hutchpp_trace", "num_matvecs", num_matvecs)
     if num_matvecs < 3:
         raise ConfigError("hutchpp_trace", f"num_matvecs must be at least 3, got {num_matvecs}")
