@@ -406,11 +406,11 @@ def test_a_checkpoint_from_before_per_group_rates_says_so_not_that_the_run_diffe
     meta["configuration"]["hyperparams"] = {"learning_rate": 0.001}  # how the merged names recorded it
     checkpoint.save(path, tree, **meta)
     with pytest.raises(pn.ResumeError, match=r"records one learning_rate where this run injects one per group: "
-                                             r"learning_rate/b, learning_rate/w; it was written before"):
+                                             r"learning_rate/b, learning_rate/w; either it was written before"):
         run(epochs=3, optimizer=two_groups(0.1, 0.001), checkpoint_path=path)
 
 
-def test_keep_checkpoints_added_on_resume_counts_the_resumed_best(tmp_path, capsys):
+def test_keep_checkpoints_added_on_resume_says_where_the_resumed_best_was(tmp_path, capsys):
     path, kept = tmp_path / "run", tmp_path / "kept"
     flipped = (X, 1 - Y)  # the validation loss rises as training fits Y: epoch 1 is the best
     first = run(epochs=2, checkpoint_path=path, validation=flipped, optimizer=optax.sgd(0.5))
@@ -418,9 +418,10 @@ def test_keep_checkpoints_added_on_resume_counts_the_resumed_best(tmp_path, caps
     result = run(epochs=4, checkpoint_path=path, validation=flipped, optimizer=optax.sgd(0.5), callbacks=[keep])
     losses = result.history["val_loss"]
     assert losses[:2] == first.history["val_loss"] and np.argmin(losses) == 0
-    assert keep.best_epoch == 1 and keep.best_path is None  # not this run's epoch 3 or 4
-    assert not (kept / "best.npz").exists()
-    assert "the resumed epochs' best is epoch 1" in capsys.readouterr().err
+    assert keep.best_epoch == 3 + int(np.argmin(losses[2:])) and keep.best_path.exists()  # this run's best
+    assert checkpoint.read_metadata(keep.best_path)["epoch"] == keep.best_epoch
+    said = capsys.readouterr().err
+    assert "the resumed epochs' best is epoch 1" in said and "holds the best of this run's epochs" in said
 
 
 def test_a_callable_object_with_other_hooks_is_still_called_each_epoch():
@@ -440,9 +441,10 @@ def test_a_callable_object_with_other_hooks_is_still_called_each_epoch():
 
 
 @pytest.mark.parametrize(("metric", "message"), [
-    (lambda o, t: o, r"metrics\['m'\] must return a scalar, got an array of shape \(1, 2\)"),
+    (lambda o, t: o, r"metrics\['m'\] must return a scalar, got an array of shape \(32, 2\)"),
     (lambda o: o.sum(), r"metrics\['m'\] cannot be computed as fn\(outputs, targets\).*TypeError"),
     (lambda o, t: float(o.sum()), r"metrics\['m'\] cannot be computed .*ConcretizationTypeError"),
+    (lambda o, t: jnp.mean(o.reshape(-1, 64, 2)), r"metrics\['m'\] cannot be computed .*reshape"),
 ])
 def test_a_metric_that_cannot_give_a_scalar_is_refused_before_training(tmp_path, metric, message):
     recorder = Recorder()
@@ -451,3 +453,30 @@ def test_a_metric_that_cannot_give_a_scalar_is_refused_before_training(tmp_path,
     assert recorder.epochs == [] and not checkpoint.exists(tmp_path / "run")
     with pytest.raises(pn.ConfigError, match=f"evaluate: {message}"):
         pn.evaluate(MODEL, PARAMS, X, Y, loss=pn.softmax_cross_entropy, metrics={"m": metric})
+
+
+def test_an_object_whose_call_is_for_something_else_keeps_its_hooks():
+    class Timer:
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self):  # a timer's own call, not a callback's
+            return "elapsed"
+
+        def on_train_begin(self, history, keys):
+            self.seen.append("begin")
+
+        def on_train_end(self, history, state):
+            self.seen.append("end")
+
+    timer = Timer()
+    run(epochs=2, callbacks=[timer])
+    assert timer.seen == ["begin", "end"]
+
+
+def test_a_metric_over_pairs_of_examples_is_traced_on_a_whole_batch():
+    pair_gap = lambda o, t: jnp.mean(jnp.abs(o.reshape(-1, 2, 2)[:, 0] - o.reshape(-1, 2, 2)[:, 1]))  # noqa: E731
+    history = run(validation=(X, Y), metrics={"pair_gap": pair_gap}).history
+    assert len(history["val_pair_gap"]) == 2 and np.isfinite(history["val_pair_gap"]).all()
+    figures = pn.evaluate(MODEL, PARAMS, X, Y, loss=pn.softmax_cross_entropy, metrics={"pair_gap": pair_gap})
+    assert np.isfinite(figures["pair_gap"])

@@ -211,15 +211,17 @@ def test_equinox_mode_survives_plain_jax_jit(params):
                                rtol=1e-6)
 
 
-def test_linen_reads_one_example_under_vmap_and_refuses_a_bad_mode_flag(params):
+def test_linen_under_vmap_and_a_batch_of_scalars_and_bad_mode_flags(params):
     import equinox as eqx
 
     from purenet.interop import EquinoxModel, LinenModel
 
-    linen = LinenModel(DROPOUT)
+    linen = LinenModel(DROPOUT, (-1, 4))  # under vmap each call sees one example: the shape is given
     per_example = jax.vmap(lambda xi: linen.apply(linen.wrap(params), xi))(X)
     np.testing.assert_allclose(per_example, DROPOUT.apply(params, X), rtol=1e-6)
-    assert LinenModel(DROPOUT).init(KEY, X[0])["params"]["purenet"][0]["w"].shape == (4, 8)
+    scalars = pn.Layer(init=lambda key, shape: (shape, {"s": jnp.ones(shape[1:])}), name="Scale",
+                       apply=lambda p, x, *, key=None, train=False: x * p["s"])
+    assert LinenModel(scalars).init(KEY, jnp.arange(6.0))["params"]["purenet"]["s"].shape == ()  # a batch
     for flag in (0, "no", 1.0):
         with pytest.raises(pn.ConfigError, match=r"EquinoxModel: inference must be True, False or None"):
             EquinoxModel(DROPOUT, params=params, inference=flag)(X)

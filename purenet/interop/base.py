@@ -54,12 +54,13 @@ def as_shape(shape: Any) -> Any:
 def shape_of(x: Any) -> Any:
     """The input shape ``init`` takes for the input ``x``: its batch axis ``-1`` (a tuple of inputs: each).
 
-    A 1-d ``x`` is one example (as under ``jax.vmap``), as ``model.apply`` reads it.
+    The first axis is read as the batch, as purenet reads it (a 1-d ``x`` is
+    a batch of scalars): under ``jax.vmap``, where each call sees one
+    example, give the module its ``input_shape``.
     """
     if isinstance(x, (list, tuple)):
         return tuple(shape_of(part) for part in x)
-    shape = np.shape(x)
-    return (-1, *shape) if len(shape) == 1 else (-1, *shape[1:])
+    return (-1, *np.shape(x)[1:])
 
 
 def call_mode(train: Any, switch: bool | None) -> Any:

@@ -39,7 +39,8 @@ class LinenModel(nn.Module):
 
     Attributes:
       model: the purenet network.
-      input_shape: its input shape, batch axis ``-1``; None: read off the first input (as ``nn.Dense`` does).
+      input_shape: its input shape, batch axis ``-1``; None: read off each input, its first axis the
+        batch (as ``nn.Dense`` reads its input; under ``jax.vmap`` give it).
       deterministic: the module's mode when a call gives no ``train`` (None: evaluation).
     """
 

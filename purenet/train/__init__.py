@@ -9,11 +9,12 @@ epoch) <- ``loop`` (``fit``).
 """
 
 from purenet.train.base import FitResult, NonFiniteLossError, ResumeError, StepOutput, TrainState
-from purenet.train.callbacks import EarlyStopping, Monitor
+from purenet.train.callbacks import EarlyStopping
 from purenet.train.evaluation import accuracy, binary_accuracy, evaluate
 from purenet.train.inputs import _mesh_shardings as _mesh_shardings  # tests/test_mesh.py reads it here
 from purenet.train.keep import KeepCheckpoints
 from purenet.train.loop import fit
+from purenet.train.monitor import Monitor
 from purenet.train.step import _scan_steps as _scan_steps  # tests/test_mesh.py reads it here
 from purenet.train.step import _step_function as _step_function  # tests/test_mesh.py reads it here
 from purenet.train.step import make_train_step

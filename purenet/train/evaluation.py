@@ -104,9 +104,15 @@ def evaluate(
         check_labels("evaluate", y, classes)
     batch_size = require_positive_int("evaluate", "batch_size", batch_size)
     metrics = check_metrics("evaluate", metrics)
-    trace_metrics("evaluate", model, params, metrics, x, y)
     compute = _evaluator(model, loss, metrics, policy)
-    return _evaluate_batches(compute, params, x, y, batch_size)
+    try:
+        return _evaluate_batches(compute, params, x, y, batch_size)
+    except PurenetError:
+        raise
+    except Exception:
+        # Name the metric at fault, if one is; traced only on failure, so a repeated call costs nothing.
+        trace_metrics("evaluate", model, params, metrics, x[:batch_size], y[:batch_size])
+        raise
 
 
 def check_metrics(who: str, metrics: Any) -> tuple[tuple[str, Metric], ...]:
@@ -140,7 +146,7 @@ def check_metrics(who: str, metrics: Any) -> tuple[tuple[str, Metric], ...]:
 
 
 def trace_metrics(who: str, model: Layer, params: Any, metrics: tuple, x: Any, y: Any) -> None:
-    """Trace each metric on one example (shapes only): refused now, naming it, unless it returns a scalar.
+    """Trace each metric on a batch (shapes only): refused now, naming it, unless it returns a scalar.
 
     A metric of the wrong arity, one that cannot be traced (``float()`` of a
     tracer) or one returning a vector would otherwise fail inside JAX, and
@@ -151,11 +157,12 @@ def trace_metrics(who: str, model: Layer, params: Any, metrics: tuple, x: Any, y
       model: the network.
       params: its params.
       metrics: ``check_metrics``' pairs.
-      x, y: data the metrics are computed on (one example is traced).
+      x: a batch of the inputs the metrics are computed on (its shape is traced).
+      y: their targets.
     """
     for name, fn in metrics:
         try:
-            value = jax.eval_shape(lambda p, xb, yb, fn=fn: fn(model.apply(p, xb), yb), params, x[:1], y[:1])
+            value = jax.eval_shape(lambda p, xb, yb, fn=fn: fn(model.apply(p, xb), yb), params, x, y)
         except PurenetError:
             raise
         except Exception as error:  # any failure of the user's function is named, never bare

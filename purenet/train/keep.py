@@ -39,7 +39,7 @@ from purenet import checkpoint
 from purenet.core import ConfigError
 from purenet.shapes import require_positive_int
 from purenet.train.base import TrainState
-from purenet.train.callbacks import Monitor
+from purenet.train.monitor import Monitor
 from purenet.train.resume import check_writable
 
 _EPOCH_FILE = re.compile(r"epoch-(\d{4,})\.npz")
@@ -56,9 +56,9 @@ class KeepCheckpoints:
         none.
       best: a history key (e.g. ``"val_loss"``) whose best epoch is kept in
         ``best.npz``, or None.
-      mode: as for ``purenet.train.callbacks.Monitor``: ``"min"``, ``"max"``
+      mode: as for ``purenet.train.monitor.Monitor``: ``"min"``, ``"max"``
         or ``"auto"``.
-      min_delta: as for ``purenet.train.callbacks.Monitor``.
+      min_delta: as for ``purenet.train.monitor.Monitor``.
 
     After each epoch: ``paths`` lists the kept epoch files, oldest first;
     ``best_path`` is ``best.npz`` once written, ``best_epoch`` its epoch.
@@ -191,21 +191,19 @@ class KeepCheckpoints:
         self._resumed_best(history, resumed)
 
     def _resumed_best(self, history: dict, resumed: int) -> None:
-        """The resumed epochs' best, with no file of it: this run's epochs must beat it to be written best.
+        """Say so where the resumed epochs' best has no file: ``best.npz`` then covers this run's epochs.
 
-        Otherwise a ``KeepCheckpoints`` added on resume would call this run's
-        best the run's best, although an earlier epoch was better.
+        Its params were never kept, so this run's best is what can be
+        written; the line keeps ``best.npz`` from passing for the whole run's.
         """
         if self.monitor is None or not resumed:
             return
         index, value = self.monitor.best_of(history.get(self.monitor.name, [])[:resumed])
-        if index is None:
-            return
-        self.best_epoch, self._best = index + 1, value
-        _say(
-            f"fit: {self!r}: by {self.monitor.name} the resumed epochs' best is epoch {index + 1} "
-            f"({value:.6g}), whose params were not kept; {BEST_FILE} is written when this run beats it"
-        )
+        if index is not None:
+            _say(
+                f"fit: {self!r}: by {self.monitor.name} the resumed epochs' best is epoch {index + 1} "
+                f"({value:.6g}), whose params were not kept; {BEST_FILE} holds the best of this run's epochs"
+            )
 
     def _foreign_best(self, meta: dict, history: dict, resumed: int) -> str | None:
         """Why ``best.npz`` is not the resumed run's best by this monitor, or None where it is."""

@@ -240,7 +240,8 @@ def _prepare(
     _check_shapes_before_training(model, params, x, y, loss)
     if validation is not None:
         validation = _check_validation(validation, x, y, classes)
-        trace_metrics("fit", model, params, metrics, *validation)
+        batch = validation_batch(batch_size)
+        trace_metrics("fit", model, params, metrics, validation[0][:batch], validation[1][:batch])
     policy = None if policy is None else check_policy(policy)
 
     replicated = batch_sharding = None
@@ -337,10 +338,15 @@ def _record_epoch(
         append_epoch(history, name, value, epoch)
     if plan.validation is not None:
         figures = _evaluate_batches(
-            plan.evaluate_on, state.params, *plan.validation, batch_size=max(plan.batch_size, 1024)
+            plan.evaluate_on, state.params, *plan.validation, batch_size=validation_batch(plan.batch_size)
         )
         for name, value in figures.items():
             append_epoch(history, f"val_{name}", value, epoch)
+
+
+def validation_batch(batch_size: int) -> int:
+    """The batch the validation data is evaluated in: the training batch, at least 1024 (fewer dispatches)."""
+    return max(batch_size, 1024)
 
 
 def _learning_rate(opt_state: Any) -> dict[str, Any]:

@@ -158,8 +158,8 @@ def _hyperparams_difference(saved: dict, now: dict) -> str:
         groups = ", ".join(sorted(m for m in now if m.split("/")[0] in renamed))
         return (
             f" (the checkpoint records one {', '.join(renamed)} where this run injects one per group: "
-            f"{groups}; it was written before purenet named each group's value, so the two cannot be "
-            "compared; keep it and give this run another checkpoint_path)"
+            f"{groups}; either it was written before purenet named each group's value or the optimizer "
+            "changed, and the two cannot be compared)"
         )
     changed = sorted(n for n in set(saved) | set(now) if saved.get(n) != now.get(n))
     return " (" + ", ".join(f"{n}: {_g(saved.get(n))} saved, {_g(now.get(n))} now" for n in changed) + ")"
