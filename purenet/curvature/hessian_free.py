@@ -179,11 +179,13 @@ def _hessian_free_pair(model, loss, curvature, cg_tol, cg_maxiter) -> tuple[Call
         info = HessianFreeInfo(value, new_value, rho, accepted, solved.relative_residual, solved.iterations)
         return HessianFreeState(params, damping, direction), info
 
+    classes: dict = {}  # the model's class count per input feature shape, traced once each
+
     def step(state: HessianFreeState, x: Any, y: Any) -> tuple[HessianFreeState, HessianFreeInfo]:
         _check_state(state)
         require_finite(STEP, "x", x)
         require_finite(STEP, "y", y)
-        require_labels(STEP, model, loss, state.params, x, y)
+        require_labels(STEP, model, loss, state.params, x, y, classes)
         new_state, info = compiled_step(state, x, y)
         # A non-finite loss rejects every step and grows lambda forever: say so instead.
         require_finite(

@@ -301,17 +301,26 @@ def model_operator(
     return ggn_operator(functions.outputs, functions.loss, params, (x, y), batch_size=batch_size)
 
 
-def require_labels(where: str, model: Layer, loss: Callable, params: Params, x: Any, y: Any) -> None:
+def require_labels(
+    where: str, model: Layer, loss: Callable, params: Params, x: Any, y: Any, classes: dict | None = None
+) -> None:
     """Integer labels for a loss over class scores lie in [0, classes): -1 must not wrap to the last class.
 
-    Skipped under a trace, where the labels cannot be read.
+    Skipped under a trace, where the labels cannot be read.  ``classes``, a
+    dict the caller keeps, remembers the class count per input feature shape,
+    so a caller checking every step (the Hessian-free step) traces the model once.
     """
     if not getattr(loss, "class_labels", False) or is_traced(x, y, params):
         return
     y = np.asarray(y)
-    if y.dtype.kind in "iu" and y.size:
+    if y.dtype.kind not in "iu" or not y.size:
+        return
+    cache = {} if classes is None else classes
+    features = np.shape(x)[1:]
+    if features not in cache:
         outputs = jax.eval_shape(lambda p, xb: model.apply(p, xb), params, jnp.asarray(x)[:1])  # shapes only
-        require_class_labels(where, y, outputs.shape[-1], argument="y")
+        cache[features] = outputs.shape[-1]
+    require_class_labels(where, y, cache[features], argument="y")
 
 
 def require_operator(where: str, op: Any) -> CurvatureOperator:
